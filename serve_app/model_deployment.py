@@ -1,0 +1,68 @@
+"""One Ray Serve deployment class, bound once per enabled model. A thin layer: the engine
+does the work; this wires it to `@serve.batch`, runtime `user_config` and Serve's lifecycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from ray import serve
+
+from serve_app.checkpoints import write_random_checkpoint
+from serve_app.config import BatchingSettings, ModelDeploymentConfig
+from serve_app.catalog import load_catalog
+from serve_app.engine import CrossEncoderEngine, ScoreJob, ScoreResult
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment
+class RerankModel:
+    def __init__(self, config: ModelDeploymentConfig):
+        self.config = config
+        source = config.resolved_source()
+        if config.random_init:
+            write_random_checkpoint(load_catalog().resolve(config.name), source)
+        self.engine = CrossEncoderEngine(
+            source,
+            dtype=config.dtype,
+            max_query_tokens=config.max_query_tokens,
+            cpu_threads=config.cpu_threads or max(1, int(config.num_cpus)),
+        )
+        self.batching = config.batching
+        # One thread runs the model, so the event loop keeps gathering the next batch
+        # while the current one computes.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self.engine.warmup()
+        if self.engine.random_weights:
+            logger.warning(
+                "%s: RANDOM WEIGHTS loaded from %s. This is a demo checkpoint of the real "
+                "architecture; its scores are meaningless.",
+                config.name,
+                source,
+            )
+        logger.info("%s ready: %s", config.name, self.engine.describe())
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.batching = BatchingSettings.model_validate(user_config)
+        self._score_batch.set_max_batch_size(self.batching.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
+
+    async def score(self, query: str, documents: list[str]) -> ScoreResult:
+        return await self._score_batch(ScoreJob(query, documents))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _score_batch(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
+        run = partial(
+            self.engine.score,
+            jobs,
+            max_batch_tokens=self.batching.max_batch_tokens,
+            max_batch_docs=self.batching.max_batch_docs,
+        )
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
+    def describe(self) -> dict:
+        return {"model": self.config.name, **self.engine.describe()}

@@ -1,0 +1,110 @@
+"""Request and response types of the HTTP API, in one place.
+
+Validation happens here, at the edge: strict JSON types, so `"top_n": "5"` or
+`"query": 42` is a precise 422 rather than a silent coercion.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
+from pydantic_core import PydanticCustomError
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    text: StrictStr
+
+
+def _as_document(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"text": value}
+    if isinstance(value, dict) and isinstance(value.get("text"), str):
+        return value
+    raise PydanticCustomError(
+        "document_type", "a document must be a string or an object with a string `text`"
+    )
+
+
+DocumentInput = Annotated[
+    Document, BeforeValidator(_as_document, json_schema_input_type=str | Document)
+]
+
+
+class RerankRequest(BaseModel):
+    # Unknown fields are ignored, as the hosted rerank APIs do, so their clients work as-is.
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(
+        None, description="Model name or alias; the server's default model when omitted."
+    )
+    query: StrictStr
+    documents: list[DocumentInput] = Field(
+        min_length=1, description="Strings or `{\"text\": ...}` objects; empty strings are scored."
+    )
+    top_n: StrictInt | None = Field(None, ge=1, description="Return only the best `top_n`.")
+    return_documents: StrictBool = True
+    raw_scores: StrictBool = Field(
+        False, description="Return the model's logit instead of its sigmoid."
+    )
+
+    def document_texts(self) -> list[str]:
+        return [d.text for d in self.documents]
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: Document | None = None
+
+
+class Usage(BaseModel):
+    documents: int = Field(description="Documents scored: the billed unit.")
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: Usage
+
+
+class ModelEntry(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str
+    deployment: str
+    weights: str | None = Field(None, description="`pretrained`, or `random` for demo checkpoints.")
+    device: str | None = None
+    dtype: str | None = None
+    replicas: int | None = None
+    aliases: list[str]
+    architecture: dict
+    ndcg10_trec_dl19: float
+    mrr10_msmarco_dev: float
+    v100_docs_per_s: float
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelEntry]
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

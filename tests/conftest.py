@@ -1,0 +1,94 @@
+"""Shared fixtures: random-initialised checkpoints of the five architectures (written once
+per session), and a Ray Serve harness that tests start once per module on loopback."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serve_app.catalog import load_catalog
+from serve_app.checkpoints import write_random_checkpoint
+
+ALL_MODELS = [card.name for card in load_catalog()]
+
+
+@pytest.fixture(scope="session")
+def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("random-checkpoints")
+    for card in load_catalog():
+        write_random_checkpoint(card, root / card.short_name)
+    return root
+
+
+def checkpoint_path(root: Path, model: str) -> str:
+    return str(root / load_catalog().resolve(model).short_name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_args(root: Path, models: list[str], **overrides: Any) -> dict:
+    """App config for tests: CPU replicas asking for a fraction of a logical GPU, so the
+    fractional-GPU options are exercised on a machine without one."""
+    args: dict[str, Any] = {
+        "model_defaults": {
+            "num_gpus": 0.1,
+            "num_cpus": 0.1,
+            "cpu_threads": 1,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        },
+        "ingress": {"num_cpus": 0.1},
+        "models": [{"name": m, "source": checkpoint_path(root, m)} for m in models],
+    }
+    args.update(overrides)
+    return args
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def start_serve_app(args: dict, *, num_gpus: int = 1, num_cpus: int = 8) -> Iterator[str]:
+    """Start Ray (a new local instance, never an existing cluster) and Serve on a free
+    loopback port, deploy the app, wait for /readyz; yield the base URL; shut down."""
+    import ray
+    from ray import serve
+
+    from serve_app.builder import build_app
+
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name="rerank", route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 300, "readyz"
+        )
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,40 @@
+"""Every Serve config in deployments/ is valid for Ray Serve and for the app's own schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.config import AppConfig
+
+CONFIGS = sorted((Path(__file__).parent.parent / "deployments").glob("*.yaml"))
+
+
+def serve_configs() -> list[Path]:
+    return [p for p in CONFIGS if "applications" in yaml.safe_load(p.read_text())]
+
+
+@pytest.mark.parametrize("path", serve_configs(), ids=lambda p: p.name)
+def test_serve_config_validates(path):
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    (application,) = schema.applications
+    assert application.import_path == "serve_app.builder:build_app"
+    config = AppConfig.model_validate(application.args)
+    assert len(config.enabled_models) == 5
+
+
+def test_one_gpu_config_fractions_fit_one_gpu():
+    raw = yaml.safe_load((Path(__file__).parent.parent / "deployments/gpu-1.yaml").read_text())
+    config = AppConfig.model_validate(raw["applications"][0]["args"])
+    total = sum(m.num_gpus * m.autoscaling.max_replicas for m in config.models)
+    assert 0 < total <= 1.0
+    assert all(m.num_gpus > 0 for m in config.models)
+
+
+def test_demo_config_uses_random_checkpoints_and_no_gpu():
+    raw = yaml.safe_load((Path(__file__).parent.parent / "deployments/demo.yaml").read_text())
+    config = AppConfig.model_validate(raw["applications"][0]["args"])
+    assert all(m.random_init and m.num_gpus == 0 for m in config.models)
