@@ -93,6 +93,16 @@ class ModelDeploymentConfig(_Strict):
             return str(Path(os.path.expanduser(root)) / self.short_name)
         return self.name
 
+    def ensure_source(self) -> str:
+        """The source, after writing the demo checkpoint there if this is a random-init
+        model and it is missing (idempotent; safe when replicas race)."""
+        source = self.resolved_source()
+        if self.random_init:
+            from serve_app.checkpoints import write_random_checkpoint
+
+            write_random_checkpoint(load_catalog().resolve(self.name), source)
+        return source
+
     def deployment_options(self) -> dict[str, Any]:
         return {
             "name": self.short_name,

@@ -5,6 +5,7 @@ them, calls that model's deployment and shapes the response. No model code here.
 import asyncio
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse
 from serve_app import __version__
 from serve_app.catalog import ORGANISATION, UnknownModelError, load_catalog
 from serve_app.config import AppConfig
+from serve_app.tokenization import PairEncoder
 from serve_app.errors import APIError, error_response
 from serve_app.ranking import rank
 from serve_app.router import ModelRouter
@@ -34,6 +36,7 @@ from serve_app.schemas import (
 logger = logging.getLogger("ray.serve")
 
 READY_TIMEOUT_S = 5.0
+TOKENIZER_THREADS = 4
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 422, 503)}
 
 app = FastAPI(
@@ -71,6 +74,19 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
 
+def load_encoders(config: AppConfig) -> dict[str, PairEncoder]:
+    """One pair encoder per distinct tokenizer setup, shared by the models that use it."""
+    distinct: dict[str, PairEncoder] = {}
+    encoders = {}
+    for model in config.models:
+        source = model.ensure_source()
+        key = PairEncoder.fingerprint(source, model.max_query_tokens)
+        if key not in distinct:
+            distinct[key] = PairEncoder.from_pretrained(source, model.max_query_tokens)
+        encoders[model.name] = distinct[key]
+    return encoders
+
+
 @serve.deployment
 @serve.ingress(app)
 class RerankIngress:
@@ -80,6 +96,10 @@ class RerankIngress:
         self.router = ModelRouter(self.catalog, config.enabled_models, config.default_model)
         self.models = model_handles
         self.deployment_names = {m.name: m.short_name for m in config.models}
+        self.encoders = load_encoders(config)
+        # The fast tokenizer releases the GIL: encoding in threads keeps the event loop free
+        # and uses every core the replica has.
+        self._tokenize_pool = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="tok")
 
     @app.post(
         "/v1/rerank",
@@ -98,8 +118,11 @@ class RerankIngress:
                 "model",
             ) from None
         texts = body.document_texts()
+        pairs = await asyncio.get_running_loop().run_in_executor(
+            self._tokenize_pool, self.encoders[decision.model].encode, body.query, texts
+        )
         try:
-            scored = await self.models[decision.model].score.remote(body.query, texts)
+            logits = await self.models[decision.model].score.remote(pairs)
         except Exception as e:  # a replica died or failed: the client may retry
             logger.exception("scoring failed on %s", decision.model)
             raise APIError(
@@ -108,7 +131,7 @@ class RerankIngress:
                 f"{decision.model} could not score the request ({type(e).__name__}); retry",
                 headers={"Retry-After": "1"},
             ) from None
-        ranked = rank(scored.logits, body.top_n, body.raw_scores)
+        ranked = rank(logits.tolist(), body.top_n, body.raw_scores)
         return RerankResponse(
             id=f"rerank-{uuid.uuid4().hex}",
             model=decision.model,
@@ -120,7 +143,7 @@ class RerankIngress:
                 )
                 for i, score in ranked
             ],
-            usage=Usage(documents=len(texts), total_tokens=scored.total_tokens),
+            usage=Usage(documents=len(texts), total_tokens=pairs.total_tokens),
         )
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)

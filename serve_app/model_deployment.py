@@ -9,12 +9,12 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+import numpy as np
 from ray import serve
 
-from serve_app.checkpoints import write_random_checkpoint
 from serve_app.config import BatchingSettings, ModelDeploymentConfig
-from serve_app.catalog import load_catalog
-from serve_app.engine import CrossEncoderEngine, ScoreJob, ScoreResult
+from serve_app.engine import CrossEncoderEngine
+from serve_app.tokenization import EncodedPairs
 
 logger = logging.getLogger("ray.serve")
 
@@ -23,13 +23,10 @@ logger = logging.getLogger("ray.serve")
 class RerankModel:
     def __init__(self, config: ModelDeploymentConfig):
         self.config = config
-        source = config.resolved_source()
-        if config.random_init:
-            write_random_checkpoint(load_catalog().resolve(config.name), source)
+        source = config.ensure_source()
         self.engine = CrossEncoderEngine(
             source,
             dtype=config.dtype,
-            max_query_tokens=config.max_query_tokens,
             cpu_threads=config.cpu_threads or max(1, int(config.num_cpus)),
         )
         self.batching = config.batching
@@ -51,14 +48,15 @@ class RerankModel:
         self._score_batch.set_max_batch_size(self.batching.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
 
-    async def score(self, query: str, documents: list[str]) -> ScoreResult:
-        return await self._score_batch(ScoreJob(query, documents))
+    async def score(self, pairs: EncodedPairs) -> np.ndarray:
+        """Logits of one request's pairs (already tokenized by the ingress)."""
+        return await self._score_batch(pairs)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _score_batch(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
+    async def _score_batch(self, requests: list[EncodedPairs]) -> list[np.ndarray]:
         run = partial(
             self.engine.score,
-            jobs,
+            requests,
             max_batch_tokens=self.batching.max_batch_tokens,
             max_batch_docs=self.batching.max_batch_docs,
         )

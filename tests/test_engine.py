@@ -9,7 +9,8 @@ import torch
 
 from serve_app.checkpoints import RANDOM_INIT_MARKER, write_random_checkpoint
 from serve_app.catalog import load_catalog
-from serve_app.engine import CrossEncoderEngine, ScoreJob
+from serve_app.engine import CrossEncoderEngine
+from serve_app.tokenization import PairEncoder, pair_ids
 from tests.conftest import ALL_MODELS, checkpoint_path
 
 QUERY = "what is the capital of france"
@@ -29,18 +30,29 @@ def engine(request, checkpoint_root) -> CrossEncoderEngine:
     return CrossEncoderEngine(checkpoint_path(checkpoint_root, request.param), cpu_threads=2)
 
 
-def test_pairs_equal_the_tokenizers_own_pair_encoding(engine):
-    pairs = engine._encode([ScoreJob(QUERY, DOCS)])
-    reference = engine.tokenizer([QUERY] * len(DOCS), DOCS)
-    assert pairs.ids == reference["input_ids"]
-    for ids, head, types in zip(pairs.ids, pairs.first_segment, reference["token_type_ids"]):
-        assert types == [0] * head + [1] * (len(ids) - head)
+@pytest.fixture(scope="module")
+def encoder(checkpoint_root) -> PairEncoder:
+    return PairEncoder.from_pretrained(checkpoint_path(checkpoint_root, ALL_MODELS[0]), 64)
 
 
-def test_logits_match_sentence_transformers_within_1e_4(engine):
+def test_pairs_equal_the_tokenizers_own_pair_encoding(encoder):
+    pairs = encoder.encode(QUERY, DOCS)
+    reference = encoder.tokenizer([QUERY] * len(DOCS), DOCS)
+    assert pair_ids(pairs) == reference["input_ids"]
+    for types in reference["token_type_ids"]:
+        assert types == [0] * len(pairs.head) + [1] * (len(types) - len(pairs.head))
+    assert pairs.pair_lengths.tolist() == [len(x) for x in reference["input_ids"]]
+
+
+def test_one_encoder_serves_the_whole_family(checkpoint_root):
+    prints = {PairEncoder.fingerprint(checkpoint_path(checkpoint_root, m), 64) for m in ALL_MODELS}
+    assert len(prints) == 1
+
+
+def test_logits_match_sentence_transformers_within_1e_4(engine, encoder):
     from sentence_transformers import CrossEncoder
 
-    served = engine.score([ScoreJob(QUERY, DOCS)], max_batch_docs=3)[0].logits
+    served = engine.score([encoder.encode(QUERY, DOCS)], max_batch_docs=3)[0]
     reference = CrossEncoder(engine.source, device="cpu").predict(
         [(QUERY, d) for d in DOCS], activation_fn=torch.nn.Identity()
     )
@@ -48,37 +60,37 @@ def test_logits_match_sentence_transformers_within_1e_4(engine):
     assert np.argsort(-np.asarray(served)).tolist() == np.argsort(-reference).tolist()
 
 
-def test_long_pairs_truncate_the_document_not_error(engine):
-    long_query = "why " * 300
-    long_doc = "word " * 2000
-    result = engine.score([ScoreJob(long_query, [long_doc, "short"])])[0]
-    assert result.tokens[0] == 512
-    assert np.isfinite(result.logits).all()
-    ids = engine._encode([ScoreJob(long_query, [long_doc])]).ids[0]
-    assert ids[: 1 + engine.max_query_tokens] == [engine.cls_id] + [
-        engine.tokenizer.convert_tokens_to_ids("why")
-    ] * engine.max_query_tokens
+def test_long_pairs_truncate_the_document_not_error(engine, encoder):
+    pairs = encoder.encode("why " * 300, ["word " * 2000, "short"])
+    assert pairs.pair_lengths[0] == 512
+    (ids, _) = pair_ids(pairs)
+    why = encoder.tokenizer.convert_tokens_to_ids("why")
+    assert ids[: 2 + encoder.max_query_tokens] == [encoder.cls_id] + [why] * 64 + [encoder.sep_id]
+    assert ids[-1] == encoder.sep_id
+    assert np.isfinite(engine.score([pairs])[0]).all()
 
 
-def test_batching_does_not_change_scores(engine):
-    jobs = [ScoreJob(QUERY, DOCS), ScoreJob("bananas", DOCS[:3])]
-    together = engine.score(jobs, max_batch_tokens=100_000, max_batch_docs=1000)
-    one_by_one = [
-        engine.score([ScoreJob(job.query, [d])], max_batch_docs=1)[0].logits[0]
-        for job in jobs
-        for d in job.documents
-    ]
-    np.testing.assert_allclose(
-        [x for r in together for x in r.logits], one_by_one, atol=1e-5, rtol=0
+def test_batching_does_not_change_scores(engine, encoder):
+    requests = [(QUERY, DOCS), ("bananas", DOCS[:3])]
+    together = engine.score(
+        [encoder.encode(q, docs) for q, docs in requests],
+        max_batch_tokens=100_000,
+        max_batch_docs=1000,
     )
+    one_by_one = [
+        engine.score([encoder.encode(q, [d])], max_batch_docs=1)[0][0]
+        for q, docs in requests
+        for d in docs
+    ]
+    np.testing.assert_allclose(np.concatenate(together), one_by_one, atol=1e-5, rtol=0)
 
 
-def test_random_checkpoints_are_labelled_and_deterministic(tmp_path, checkpoint_root):
+def test_random_checkpoints_are_labelled_and_deterministic(tmp_path, checkpoint_root, encoder):
     card = load_catalog().resolve("cross-encoder/ms-marco-TinyBERT-L2-v2")
     again = write_random_checkpoint(card, tmp_path / card.short_name)
     a = CrossEncoderEngine(str(again))
     b = CrossEncoderEngine(checkpoint_path(checkpoint_root, card.name))
     assert a.random_weights and a.describe()["weights"] == "random"
     assert getattr(a.model.config, RANDOM_INIT_MARKER)
-    job = [ScoreJob(QUERY, DOCS)]
-    assert a.score(job)[0].logits == b.score(job)[0].logits
+    pairs = [encoder.encode(QUERY, DOCS)]
+    assert a.score(pairs)[0].tolist() == b.score(pairs)[0].tolist()

@@ -1,0 +1,99 @@
+"""Query/document pair encoding, done in the ingress (CPU) so model replicas only pad,
+copy and run the forward pass. No Ray, no HTTP.
+
+Each request's query is tokenized once, not once per document; pairs come out as
+`[CLS] query [SEP] document [SEP]`, identical to the tokenizer's own pair encoding.
+Documents lose tokens from the end to fit the model's length; the query is capped first
+(`max_query_tokens`) so a document always keeps room.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoConfig, AutoTokenizer
+
+MIN_DOCUMENT_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """One request's pairs in compact arrays: cheap to ship to a replica."""
+
+    head: np.ndarray  # int32 ids of [CLS] query [SEP]
+    doc_ids: np.ndarray  # int32 ids of every `document [SEP]`, concatenated
+    doc_lengths: np.ndarray  # int32 length of each `document [SEP]`
+
+    @property
+    def pair_lengths(self) -> np.ndarray:
+        return self.doc_lengths + len(self.head)
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.pair_lengths.sum())
+
+    def __len__(self) -> int:
+        return len(self.doc_lengths)
+
+
+class PairEncoder:
+    def __init__(self, tokenizer, max_length: int, max_query_tokens: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_query_tokens = min(max_query_tokens, max_length - 3 - MIN_DOCUMENT_TOKENS)
+        self.cls_id = tokenizer.cls_token_id
+        self.sep_id = tokenizer.sep_token_id
+        self.pad_id = tokenizer.pad_token_id or 0
+        if self.cls_id is None or self.sep_id is None:
+            raise ValueError("tokenizer has no [CLS]/[SEP]: not a BERT cross-encoder")
+
+    @classmethod
+    def from_pretrained(cls, source: str, max_query_tokens: int) -> "PairEncoder":
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        positions = AutoConfig.from_pretrained(source).max_position_embeddings
+        return cls(tokenizer, min(tokenizer.model_max_length, positions), max_query_tokens)
+
+    @staticmethod
+    def fingerprint(source: str, max_query_tokens: int) -> str:
+        """Same fingerprint means same encoding, so one encoder can serve several models
+        (the whole ms-marco family shares one vocabulary)."""
+        config = AutoConfig.from_pretrained(source)
+        path = Path(source) / "tokenizer.json"
+        if path.exists():
+            vocab = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:  # a hub id: its name stands for its files
+            vocab = source
+        return f"{vocab}:{config.max_position_embeddings}:{max_query_tokens}"
+
+    def _tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
+        return self.tokenizer(
+            texts,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+
+    def encode(self, query: str, documents: list[str]) -> EncodedPairs:
+        (q_ids,) = self._tokenize([query], self.max_query_tokens)
+        head = np.array([self.cls_id, *q_ids, self.sep_id], dtype=np.int32)
+        docs = self._tokenize(documents, self.max_length - len(head) - 1)
+        sep = (self.sep_id,)
+        lengths = np.fromiter((len(d) + 1 for d in docs), dtype=np.int32, count=len(docs))
+        flat = np.fromiter(
+            (t for d in docs for t in (*d, *sep)), dtype=np.int32, count=int(lengths.sum())
+        )
+        return EncodedPairs(head, flat, lengths)
+
+
+def pair_ids(pairs: EncodedPairs) -> list[list[int]]:
+    """The full id list of each pair (for tests and references; the engine never needs it)."""
+    out, start = [], 0
+    for n in pairs.doc_lengths.tolist():
+        out.append(pairs.head.tolist() + pairs.doc_ids[start : start + n].tolist())
+        start += n
+    return out
