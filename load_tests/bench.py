@@ -1,0 +1,360 @@
+"""Rerank benchmarks. Each subcommand writes JSON; `plot` draws PNGs from it.
+
+  engine  in-process: our engine's forward throughput (length-sorted token-budget batches)
+          and sentence-transformers' CrossEncoder.predict on the same checkpoint and pairs,
+          with a ranking comparison.
+  http    against a running service: closed-loop concurrency sweep and open-loop
+          fixed-rate runs; latency percentiles, docs/s, errors; replica counts over time.
+  plot    throughput-against-latency per model from `http` JSON files.
+
+Examples:
+  python -m load_tests.bench engine --models cross-encoder/ms-marco-MiniLM-L6-v2 --out results/engine.json
+  python -m load_tests.bench http --url http://127.0.0.1:8000 --model cross-encoder/ms-marco-MiniLM-L6-v2 \
+      --concurrency 1 8 32 --rates 50 100 --duration 20 --out results/http-l6.json
+  python -m load_tests.bench plot results/http-*.json --out results/latency.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from load_tests.workload import describe, make_requests
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def machine() -> dict:
+    info = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+# -- in-process --------------------------------------------------------------------------
+
+
+def bench_engine(args: argparse.Namespace) -> dict:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from serve_app.catalog import load_catalog
+    from serve_app.checkpoints import write_random_checkpoint
+    from serve_app.engine import CrossEncoderEngine
+    from serve_app.tokenization import PairEncoder
+
+    requests = make_requests(args.requests, args.docs, args.shape, seed=1)
+    pairs = [(r.query, d) for r in requests for d in r.documents]
+    results = {"machine": machine(), "workload": {"shape": args.shape, "docs": args.docs}, "models": {}}
+    for name in args.models:
+        card = load_catalog().resolve(name)
+        source = args.source or str(Path(args.checkpoints) / card.short_name)
+        if not args.source:
+            write_random_checkpoint(card, source)
+        encoder = PairEncoder.from_pretrained(source, 64)
+        results["workload"].update(describe(requests[:10], encoder))
+        engine = CrossEncoderEngine(source, dtype=args.dtype, cpu_threads=args.threads)
+        sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+
+        t0 = time.perf_counter()
+        encoded = [encoder.encode(r.query, r.documents) for r in requests]
+        tokenize_s = time.perf_counter() - t0
+        engine.score(encoded[:2], max_batch_tokens=args.batch_tokens, max_batch_docs=args.batch_docs)
+        sync()
+        t0 = time.perf_counter()
+        ours = engine.score(encoded, max_batch_tokens=args.batch_tokens, max_batch_docs=args.batch_docs)
+        sync()
+        forward_s = time.perf_counter() - t0
+
+        cross_encoder = CrossEncoder(source, device=str(engine.device))
+        if engine.dtype == "float16":
+            cross_encoder.model.half()
+        cross_encoder.predict(pairs[:64], batch_size=args.st_batch)
+        t0 = time.perf_counter()
+        reference = cross_encoder.predict(
+            pairs, batch_size=args.st_batch, activation_fn=torch.nn.Identity()
+        )
+        st_s = time.perf_counter() - t0
+
+        ours_flat = np.concatenate(ours)
+        per_request = np.cumsum([0] + [len(r.documents) for r in requests])
+        same_ranking = all(
+            np.argsort(-ours_flat[a:b], kind="stable").tolist()
+            == np.argsort(-reference[a:b], kind="stable").tolist()
+            for a, b in zip(per_request, per_request[1:])
+        )
+        entry = {
+            "device": str(engine.device),
+            "dtype": engine.dtype,
+            "pairs": len(pairs),
+            "tokenize_pairs_per_s": round(len(pairs) / tokenize_s),
+            "forward_docs_per_s": round(len(pairs) / forward_s),
+            "sentence_transformers_docs_per_s": round(len(pairs) / st_s),
+            "speedup_vs_sentence_transformers": round(st_s / forward_s, 2),
+            "max_abs_logit_diff_vs_sentence_transformers": float(np.abs(ours_flat - reference).max()),
+            "identical_rankings": same_ranking,
+            "v100_published_docs_per_s": card.v100_docs_per_s,
+        }
+        if engine.device.type == "cuda" and engine.dtype != "float32":
+            reference32 = CrossEncoderEngine(source, dtype="float32").score(
+                encoded, max_batch_tokens=args.batch_tokens, max_batch_docs=args.batch_docs
+            )
+            entry["max_abs_logit_diff_fp16_vs_fp32"] = float(
+                np.abs(ours_flat - np.concatenate(reference32)).max()
+            )
+        results["models"][card.name] = entry
+        print(json.dumps({card.name: entry}), flush=True)
+        del engine, cross_encoder
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return results
+
+
+# -- over HTTP ---------------------------------------------------------------------------
+
+
+def _bodies(args: argparse.Namespace, n: int, seed: int) -> list[bytes]:
+    return [
+        json.dumps(
+            {"model": args.model, "query": r.query, "documents": r.documents,
+             "return_documents": False}
+        ).encode()
+        for r in make_requests(n, args.docs, args.shape, seed=seed)
+    ]
+
+
+async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, duration: float,
+                       headers: dict) -> list[tuple[float, float, int]]:
+    import aiohttp
+
+    records: list[tuple[float, float, int]] = []  # (start, latency_s, status)
+    deadline = time.perf_counter() + duration
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(k: int) -> None:
+            i = k
+            while time.perf_counter() < deadline:
+                body = bodies[i % len(bodies)]
+                i += concurrency
+                start = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                records.append((start, time.perf_counter() - start, resp.status))
+
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return records
+
+
+async def _open_loop(url: str, bodies: list[bytes], rate: float, duration: float,
+                     headers: dict) -> list[tuple[float, float, int]]:
+    import aiohttp
+
+    records: list[tuple[float, float, int]] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(body: bytes) -> None:
+            start = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+            except aiohttp.ClientError:
+                status = 0
+            records.append((start, time.perf_counter() - start, status))
+
+        tasks = []
+        begin = time.perf_counter()
+        for i in range(int(rate * duration)):
+            # Fixed schedule, independent of responses: latency includes queueing.
+            delay = begin + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(bodies[i % len(bodies)])))
+        await asyncio.gather(*tasks)
+    return records
+
+
+def _client_process(kind: str, url: str, bodies: list[bytes], level: float, duration: float,
+                    headers: dict, queue) -> None:
+    run = _closed_loop if kind == "closed" else _open_loop
+    queue.put(asyncio.run(run(url, bodies, level, duration, headers)))
+
+
+def _run_load(args, kind: str, level: float, bodies: list[bytes]) -> list:
+    """Split the load over `--client-procs` processes so the client is never the limit."""
+    procs = max(1, min(args.client_procs, int(level))) if kind == "closed" else args.client_procs
+    headers = {"content-type": "application/json"}
+    if args.api_key:
+        headers["authorization"] = f"Bearer {args.api_key}"
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    workers = []
+    for p in range(procs):
+        share = level / procs if kind == "open" else int(level) // procs + (p < int(level) % procs)
+        w = ctx.Process(target=_client_process, args=(
+            kind, f"{args.url}/v1/rerank", bodies[p::procs], share, args.duration, headers, queue))
+        w.start()
+        workers.append(w)
+    records = [r for _ in workers for r in queue.get()]
+    for w in workers:
+        w.join()
+    return records
+
+
+def _summarise(records: list, docs: int) -> dict:
+    ok = [lat for _, lat, status in records if status == 200]
+    # Rates over the wall time actually spanned, first start to last completion.
+    duration = max(s + lat for s, lat, _ in records) - min(s for s, _, _ in records) if records else 1.0
+    statuses: dict[str, int] = {}
+    for _, _, status in records:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    return {
+        "requests": len(records),
+        "statuses": statuses,
+        "requests_per_s": round(len(ok) / duration, 1),
+        "docs_per_s": round(len(ok) * docs / duration),
+        "p50_ms": round(percentile(ok, 50) * 1000, 1),
+        "p90_ms": round(percentile(ok, 90) * 1000, 1),
+        "p99_ms": round(percentile(ok, 99) * 1000, 1),
+        "mean_ms": round(statistics.fmean(ok) * 1000, 1) if ok else None,
+    }
+
+
+def _replicas(url: str) -> dict:
+    import httpx
+
+    try:
+        data = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+        return {m["id"]: m.get("replicas") for m in data}
+    except Exception:
+        return {}
+
+
+def bench_http(args: argparse.Namespace) -> dict:
+    import httpx
+
+    bodies = _bodies(args, 200, seed=2)
+    out: dict = {"machine": machine(), "url": args.url, "model": args.model, "docs": args.docs,
+                 "shape": args.shape, "closed_loop": [], "open_loop": []}
+    # Idle single-request latency first: one client, one request at a time.
+    single = []
+    for body in bodies[:args.idle_requests]:
+        start = time.perf_counter()
+        httpx.post(f"{args.url}/v1/rerank", content=body,
+                   headers={"content-type": "application/json"}, timeout=60).raise_for_status()
+        single.append(time.perf_counter() - start)
+    if single:
+        out["idle_single_request_p50_ms"] = round(percentile(single, 50) * 1000, 1)
+        out["idle_single_request_p99_ms"] = round(percentile(single, 99) * 1000, 1)
+        print(json.dumps({"idle": out["idle_single_request_p50_ms"]}), flush=True)
+    _run_load(args, "closed", 1, bodies)  # warm every path
+    for c in args.concurrency:
+        row = {"concurrency": c, **_summarise(_run_load(args, "closed", c, bodies), args.docs),
+               "replicas_after": _replicas(args.url)}
+        out["closed_loop"].append(row)
+        print(json.dumps(row), flush=True)
+    rates = list(args.rates)
+    if args.rate_fractions and out["closed_loop"]:
+        best = max(r["requests_per_s"] for r in out["closed_loop"])
+        rates += [round(best * f, 1) for f in args.rate_fractions]
+    for rate in rates:
+        row = {"rate_rps": rate, **_summarise(_run_load(args, "open", rate, bodies), args.docs),
+               "replicas_after": _replicas(args.url)}
+        out["open_loop"].append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
+def plot(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for path in args.files:
+        data = json.loads(Path(path).read_text())
+        rows = sorted(data["closed_loop"], key=lambda r: r["docs_per_s"])
+        label = f'{data["model"].split("/")[-1]} ({data.get("shape", "standard")})'
+        ax.plot([r["docs_per_s"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=f"{label} p99")
+        ax.plot([r["docs_per_s"] for r in rows], [r["p50_ms"] for r in rows], "x--", label=f"{label} p50")
+    ax.set_xlabel("documents scored per second (through HTTP)")
+    ax.set_ylabel("request latency, ms (100 docs per request)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(args.title)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("engine")
+    e.add_argument("--models", nargs="+", required=True)
+    e.add_argument("--source", help="checkpoint dir or hub id (default: random-init checkpoints)")
+    e.add_argument("--checkpoints", default=os.path.expanduser("~/.cache/rerank-serve/random-init"))
+    e.add_argument("--requests", type=int, default=50)
+    e.add_argument("--docs", type=int, default=100)
+    e.add_argument("--shape", default="standard", choices=["standard", "long"])
+    e.add_argument("--dtype", default="auto")
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--batch-tokens", type=int, default=65536)
+    e.add_argument("--batch-docs", type=int, default=512)
+    e.add_argument("--st-batch", type=int, default=32)
+    e.add_argument("--out", required=True)
+
+    h = sub.add_parser("http")
+    h.add_argument("--url", default="http://127.0.0.1:8000")
+    h.add_argument("--model", required=True)
+    h.add_argument("--api-key", default=os.environ.get("RERANK_API_KEY"))
+    h.add_argument("--docs", type=int, default=100)
+    h.add_argument("--shape", default="standard", choices=["standard", "long"])
+    h.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16, 32, 64])
+    h.add_argument("--rates", type=float, nargs="*", default=[])
+    h.add_argument("--rate-fractions", type=float, nargs="*", default=[],
+                   help="open-loop rates as fractions of the best closed-loop throughput")
+    h.add_argument("--duration", type=float, default=15)
+    h.add_argument("--idle-requests", type=int, default=50)
+    h.add_argument("--client-procs", type=int, default=2)
+    h.add_argument("--out", required=True)
+
+    p = sub.add_parser("plot")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--title", default="Rerank latency against throughput")
+    p.add_argument("--out", required=True)
+
+    args = parser.parse_args()
+    if args.command == "plot":
+        plot(args)
+        return
+    result = bench_engine(args) if args.command == "engine" else bench_http(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
