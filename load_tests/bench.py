@@ -5,6 +5,8 @@
           with a ranking comparison.
   http    against a running service: closed-loop concurrency sweep and open-loop
           fixed-rate runs; latency percentiles, docs/s, errors; replica counts over time.
+  autoscale  steps offered load on one model up, then stops it; records replica counts
+          over time next to latency, until replicas are back at their minimum.
   plot    throughput-against-latency per model from `http` JSON files.
 
 Examples:
@@ -284,6 +286,74 @@ def bench_http(args: argparse.Namespace) -> dict:
     return out
 
 
+def bench_autoscale(args: argparse.Namespace) -> dict:
+    """Step the offered load on one model up, then stop it; sample replica counts and
+    latency every second until the replicas are back at their minimum (or a deadline)."""
+    import threading
+
+    bodies = _bodies(args, 100, seed=3)
+    samples: list[dict] = []
+    phase = {"name": "idle", "rate": 0.0}
+    stop = threading.Event()
+    begin = time.perf_counter()
+
+    def sampler() -> None:
+        while not stop.is_set():
+            replicas = _replicas(args.url).get(load_catalog_name(args.model))
+            samples.append({"t_s": round(time.perf_counter() - begin, 1), "phase": phase["name"],
+                            "offered_rps": phase["rate"], "replicas": replicas})
+            stop.wait(1.0)
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    steps = []
+    for rate in args.rates:
+        phase.update(name=f"load {rate} rps", rate=rate)
+        records = _run_load(args, "open", rate, bodies)
+        steps.append({"rate_rps": rate, **_summarise(records, args.docs),
+                      "replicas_after": _replicas(args.url).get(load_catalog_name(args.model))})
+        print(json.dumps(steps[-1]), flush=True)
+    phase.update(name="load stopped", rate=0.0)
+    deadline = time.perf_counter() + args.drain_timeout
+    while time.perf_counter() < deadline:
+        if samples and samples[-1]["phase"] == "load stopped" and samples[-1]["replicas"] == args.min_replicas:
+            break
+        time.sleep(1.0)
+    stop.set()
+    thread.join()
+    peak = max((s["replicas"] or 0) for s in samples) if samples else None
+    back = next((s["t_s"] for s in samples if s["phase"] == "load stopped"
+                 and s["replicas"] == args.min_replicas), None)
+    return {"machine": machine(), "model": args.model, "steps": steps, "samples": samples,
+            "peak_replicas": peak, "back_to_min_at_s": back}
+
+
+def load_catalog_name(name: str) -> str:
+    from serve_app.catalog import load_catalog
+
+    return load_catalog().resolve(name).name
+
+
+def plot_autoscale(data: dict, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    t = [s["t_s"] for s in data["samples"]]
+    ax.step(t, [s["replicas"] or 0 for s in data["samples"]], where="post", label="replicas")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("running replicas")
+    ax2 = ax.twinx()
+    ax2.plot(t, [s["offered_rps"] for s in data["samples"]], "r--", label="offered requests/s")
+    ax2.set_ylabel("offered requests/s")
+    ax.set_title(f'Autoscaling {data["model"].split("/")[-1]}')
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 def plot(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -341,6 +411,20 @@ def main() -> None:
     h.add_argument("--client-procs", type=int, default=2)
     h.add_argument("--out", required=True)
 
+    a = sub.add_parser("autoscale")
+    a.add_argument("--url", default="http://127.0.0.1:8000")
+    a.add_argument("--model", required=True)
+    a.add_argument("--api-key", default=os.environ.get("RERANK_API_KEY"))
+    a.add_argument("--docs", type=int, default=20)
+    a.add_argument("--shape", default="standard", choices=["standard", "long"])
+    a.add_argument("--rates", type=float, nargs="+", required=True, help="offered load steps")
+    a.add_argument("--duration", type=float, default=30, help="seconds per step")
+    a.add_argument("--min-replicas", type=int, default=1)
+    a.add_argument("--drain-timeout", type=float, default=180)
+    a.add_argument("--client-procs", type=int, default=1)
+    a.add_argument("--plot", help="PNG of replicas and offered load over time")
+    a.add_argument("--out", required=True)
+
     p = sub.add_parser("plot")
     p.add_argument("files", nargs="+")
     p.add_argument("--title", default="Rerank latency against throughput")
@@ -350,9 +434,12 @@ def main() -> None:
     if args.command == "plot":
         plot(args)
         return
-    result = bench_engine(args) if args.command == "engine" else bench_http(args)
+    run = {"engine": bench_engine, "http": bench_http, "autoscale": bench_autoscale}[args.command]
+    result = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.command == "autoscale" and args.plot:
+        plot_autoscale(result, args.plot)
     print(f"wrote {args.out}")
 
 

@@ -28,6 +28,7 @@ class CrossEncoderEngine:
         device: str | None = None,
         dtype: str = "auto",
         cpu_threads: int | None = None,
+        gpu_memory_fraction: float | None = None,
     ):
         self.source = source
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -36,6 +37,9 @@ class CrossEncoderEngine:
         self.dtype = dtype
         if self.device.type == "cpu" and cpu_threads:
             torch.set_num_threads(cpu_threads)
+        if self.device.type == "cuda" and gpu_memory_fraction:
+            # Replicas share a GPU by fraction: hold each to its share of the memory too.
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_fraction), self.device)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             source, dtype=_DTYPES[dtype]
         )

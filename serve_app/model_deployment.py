@@ -28,6 +28,7 @@ class RerankModel:
             source,
             dtype=config.dtype,
             cpu_threads=config.cpu_threads or max(1, int(config.num_cpus)),
+            gpu_memory_fraction=config.num_gpus or None,
         )
         self.batching = config.batching
         # One thread runs the model, so the event loop keeps gathering the next batch

@@ -1,0 +1,36 @@
+"""The benchmark workload and result summaries (no service needed)."""
+
+from __future__ import annotations
+
+from load_tests.bench import _summarise
+from load_tests.workload import describe, make_requests
+from serve_app.checkpoints import tokenizer_dir
+from serve_app.tokenization import PairEncoder
+from transformers import AutoTokenizer
+
+
+def _encoder() -> PairEncoder:
+    return PairEncoder(AutoTokenizer.from_pretrained(str(tokenizer_dir())), 512, 64)
+
+
+def test_standard_workload_matches_the_published_shape():
+    requests = make_requests(10, docs_per_request=100, seed=0)
+    assert len(requests) == 10 and all(len(r.documents) == 100 for r in requests)
+    assert all(3 <= len(r.query.split()) <= 10 for r in requests)
+    stats = describe(requests, _encoder())
+    assert 60 <= stats["mean_pair_tokens"] <= 80
+    assert 110 <= stats["p95_pair_tokens"] <= 140
+
+
+def test_long_workload_is_about_400_tokens_and_deterministic():
+    assert make_requests(2, 5, "long", seed=3) == make_requests(2, 5, "long", seed=3)
+    stats = describe(make_requests(3, 50, "long"), _encoder())
+    assert 350 <= stats["mean_pair_tokens"] <= 450
+
+
+def test_summary_counts_only_successes_in_rates_and_percentiles():
+    records = [(0.0, 0.1, 200), (0.5, 0.5, 200), (0.2, 0.01, 503)]
+    summary = _summarise(records, docs=100)
+    assert summary["statuses"] == {"200": 2, "503": 1}
+    assert summary["docs_per_s"] == 200  # 2 ok requests x 100 docs over 1.0 s spanned
+    assert summary["p50_ms"] == 300.0
