@@ -340,16 +340,24 @@ def plot_autoscale(data: dict, out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     t = [s["t_s"] for s in data["samples"]]
-    ax.step(t, [s["replicas"] or 0 for s in data["samples"]], where="post", label="replicas")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("running replicas")
-    ax2 = ax.twinx()
-    ax2.plot(t, [s["offered_rps"] for s in data["samples"]], "r--", label="offered requests/s")
-    ax2.set_ylabel("offered requests/s")
-    ax.set_title(f'Autoscaling {data["model"].split("/")[-1]}')
-    fig.legend(loc="upper right", fontsize=8)
+    top.step(t, [s["replicas"] or 0 for s in data["samples"]], where="post", label="replicas")
+    top.set_ylabel("running replicas")
+    load = top.twinx()
+    load.step(t, [s["offered_rps"] for s in data["samples"]], "r--", where="post")
+    load.set_ylabel("offered requests/s (red)")
+    top.set_title(f'Autoscaling {data["model"].split("/")[-1]}')
+    for step in data["steps"]:  # each step's latency drawn over the seconds it ran
+        window = [s["t_s"] for s in data["samples"] if s["phase"] == f'load {step["rate_rps"]} rps']
+        if window:
+            bottom.hlines(step["p50_ms"], min(window), max(window), colors="b", label="p50")
+            bottom.hlines(step["p99_ms"], min(window), max(window), colors="m", label="p99")
+    handles, labels = bottom.get_legend_handles_labels()
+    bottom.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=8)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("latency per load step, ms")
+    bottom.set_xlabel("seconds")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
