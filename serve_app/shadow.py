@@ -80,23 +80,27 @@ class ShadowMetrics:
     _metrics: tuple | None = None
 
     def _exported(self) -> tuple:
-        # Created lazily inside the Ray worker that records them.
+        # Created lazily inside the Ray worker that records them. Ray histograms take only
+        # positive bucket bounds, so tau (-1..1) is exported as a running mean gauge.
         if self._metrics is None:
             from ray.util import metrics
 
             tags = ("primary", "shadow")
-            buckets = [0.1 * i for i in range(1, 10)] + [0.95, 0.99]
             self._metrics = (
                 metrics.Histogram(
                     "rerank_shadow_overlap_at_10",
                     "Overlap of the served and the shadow model's top 10 (0..1).",
-                    boundaries=buckets,
+                    boundaries=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99],
                     tag_keys=tags,
                 ),
-                metrics.Histogram(
-                    "rerank_shadow_kendall_tau",
-                    "Kendall tau-b between served and shadow scores (-1..1).",
-                    boundaries=[-0.5, 0.0] + buckets,
+                metrics.Gauge(
+                    "rerank_shadow_mean_overlap_at_10",
+                    "Mean overlap@10 of served vs shadow rankings since start.",
+                    tag_keys=tags,
+                ),
+                metrics.Gauge(
+                    "rerank_shadow_mean_kendall_tau",
+                    "Mean Kendall tau-b of served vs shadow scores since start (-1..1).",
                     tag_keys=tags,
                 ),
                 metrics.Counter(
@@ -114,14 +118,15 @@ class ShadowMetrics:
         if tau is not None:
             s.tau_sum += tau
             s.tau_count += 1
-        overlap_hist, tau_hist, requests = self._exported()
+        overlap_hist, mean_overlap, mean_tau, requests = self._exported()
         tags = {"primary": self.primary, "shadow": self.shadow}
         overlap_hist.observe(overlap, tags=tags)
-        if tau is not None:
-            tau_hist.observe(tau, tags=tags)
+        mean_overlap.set(s.overlap_sum / s.compared, tags=tags)
+        if s.tau_count:
+            mean_tau.set(s.tau_sum / s.tau_count, tags=tags)
         requests.inc(1, tags={**tags, "outcome": "compared"})
 
     def record_failure(self) -> None:
         self.summary.failed += 1
-        _, _, requests = self._exported()
+        requests = self._exported()[-1]
         requests.inc(1, tags={"primary": self.primary, "shadow": self.shadow, "outcome": "failed"})
