@@ -7,7 +7,8 @@ fits the budget; if none fits, the fastest (by prediction) that meets the floor,
 `budget_met` false. Prediction = queue wait + this request's own service time, both from
 the model's measured seconds per token; a model without measurements yet uses a prior from
 the catalog's V100 docs/s, scaled by how the measured models compare with their own priors
-(so priors follow the hardware once anything has been measured).
+(so priors follow the hardware once anything has been measured). A measured fixed
+per-call overhead (transport, batch wait) is added; unmeasured models borrow the median.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class ModelLoad:
     seconds_per_token: float | None  # measured service rate; None: not measured yet
     queued_tokens: int = 0  # tokens already waiting or running, over all replicas
     replicas: int = 1
+    # Measured fixed cost of a call beyond its service time (transport, batch wait);
+    # None: not measured yet.
+    overhead_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,17 @@ class LatencyPredictor:
         return {m: measured.get(m, self.prior_rate[m] * calibration) for m in models}
 
     @staticmethod
-    def predict_ms(rate: float, load: ModelLoad | None, tokens: int) -> float:
+    def overheads(models: Sequence[str], loads: Mapping[str, ModelLoad]) -> dict[str, float]:
+        measured = {
+            m: loads[m].overhead_ms for m in models if m in loads and loads[m].overhead_ms is not None
+        }
+        fallback = statistics.median(measured.values()) if measured else 0.0
+        return {m: measured.get(m, fallback) for m in models}
+
+    @staticmethod
+    def predict_ms(rate: float, load: ModelLoad | None, tokens: int, overhead_ms: float = 0.0) -> float:
         queued = (load.queued_tokens / max(1, load.replicas)) if load else 0.0
-        return (queued + tokens) * rate * 1000.0
+        return (queued + tokens) * rate * 1000.0 + overhead_ms
 
 
 class BudgetPolicy:
@@ -121,15 +133,18 @@ class BudgetPolicy:
 
     def predict(self, model: str, tokens: int, loads: Mapping[str, ModelLoad]) -> float:
         rate = self.predictor.rates(self.by_quality, loads)[model]
-        return self.predictor.predict_ms(rate, loads.get(model), tokens)
+        overhead = self.predictor.overheads(self.by_quality, loads)[model]
+        return self.predictor.predict_ms(rate, loads.get(model), tokens, overhead)
 
     def choose(
         self, budget: Budget, tokens: int, loads: Mapping[str, ModelLoad]
     ) -> BudgetChoice:
         candidates = self.eligible(budget)
         rates = self.predictor.rates(self.by_quality, loads)
+        overheads = self.predictor.overheads(self.by_quality, loads)
         predicted = {
-            m: self.predictor.predict_ms(rates[m], loads.get(m), tokens) for m in candidates
+            m: self.predictor.predict_ms(rates[m], loads.get(m), tokens, overheads[m])
+            for m in candidates
         }
         if budget.max_latency_ms is None:
             best = candidates[0]

@@ -6,6 +6,10 @@ never awaits anything.
 Queue estimate per model = this ingress's own in-flight tokens (exact, updated instantly,
 so a burst spreads out at once) + what the replicas hold beyond what this ingress had in
 flight when it polled (other ingress replicas' traffic, at most one poll old).
+
+Per-call overhead (transport, batch wait: what a call costs beyond its service time) is
+learnt only from calls dispatched to an idle model, so a misjudged queue never feeds back
+into it and a model that stops getting traffic is not penalised forever.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from serve_app.model_stats import ModelStatsSnapshot
 logger = logging.getLogger("ray.serve")
 
 REPLICA_COUNT_EVERY_S = 5.0
+OVERHEAD_EWMA_WEIGHT = 0.2  # weight of the newest overhead sample
 
 
 class LoadBoard:
@@ -33,14 +38,25 @@ class LoadBoard:
         self.replicas: dict[str, int] = {m: 1 for m in models}
         self.inflight_tokens: dict[str, int] = {m: 0 for m in models}
         self._foreign_tokens: dict[str, int] = {m: 0 for m in models}
+        self.overhead_ms: dict[str, float] = {}
 
     @contextmanager
     def dispatched(self, model: str, tokens: int) -> Iterator[None]:
+        snap = self.snapshots.get(model)
+        idle = self.inflight_tokens[model] + self._foreign_tokens[model] == 0
+        rate = snap.seconds_per_token if snap else None
+        started = time.perf_counter()
         self.inflight_tokens[model] += tokens
         try:
             yield
         finally:
             self.inflight_tokens[model] -= tokens
+        if idle and rate is not None:
+            sample = max(0.0, (time.perf_counter() - started) * 1000.0 - tokens * rate * 1000.0)
+            old = self.overhead_ms.get(model)
+            self.overhead_ms[model] = (
+                sample if old is None else old + OVERHEAD_EWMA_WEIGHT * (sample - old)
+            )
 
     def update(self, model: str, snapshot: ModelStatsSnapshot, inflight_when_sent: int) -> None:
         """`snapshot` is one replica's; replicas behind one handle carry similar load."""
@@ -57,6 +73,7 @@ class LoadBoard:
                 seconds_per_token=snap.seconds_per_token if snap else None,
                 queued_tokens=self.inflight_tokens[m] + self._foreign_tokens[m],
                 replicas=self.replicas.get(m, 1),
+                overhead_ms=self.overhead_ms.get(m),
             )
         return out
 
@@ -69,6 +86,7 @@ class LoadBoard:
                 "queued_tokens": loads[m].queued_tokens,
                 "inflight_tokens": self.inflight_tokens[m],
                 "replicas": loads[m].replicas,
+                "overhead_ms": loads[m].overhead_ms,
                 "batches_measured": s.batches_measured if (s := self.snapshots.get(m)) else 0,
                 "stats_age_s": round(now - self.polled_at[m], 3) if m in self.polled_at else None,
             }

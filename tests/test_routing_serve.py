@@ -75,8 +75,10 @@ def test_tight_budget_burst_shifts_the_mix_to_smaller_models(url):
     wait_until(lambda: drained(url), 60, "queues to drain")
     # L12 fits this budget on its own, but not behind one other request of the burst.
     tokens = loose[0].json()["usage"]["total_tokens"]
-    l12_rate = routing_state(url)["models"][L12]["seconds_per_token"]
-    tight = burst(url, {**body, "max_latency_ms": 1.5 * tokens * l12_rate * 1000})
+    l12 = routing_state(url)["models"][L12]
+    service_ms = tokens * l12["seconds_per_token"] * 1000
+    budget_ms = (l12["overhead_ms"] or 0.0) + 1.5 * service_ms
+    tight = burst(url, {**body, "max_latency_ms": budget_ms})
     for r in tight:
         assert r.status_code == 200, r.text
         got = r.json()

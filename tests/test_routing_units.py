@@ -317,3 +317,30 @@ def test_routing_config_names_must_be_enabled():
     ):
         with pytest.raises(ValidationError):
             AppConfig.model_validate({**base, "routing": routing})
+
+
+def test_overhead_is_added_and_borrowed_by_unmeasured_models(policy):
+    loads = {m: ModelLoad(RATES[m]) for m in ALL}
+    loads[L12] = ModelLoad(RATES[L12], overhead_ms=5.0)
+    loads[L6] = ModelLoad(RATES[L6], overhead_ms=3.0)
+    assert policy.predict(L12, 1000, loads) == pytest.approx(12.0 + 5.0)
+    assert policy.predict(TINY, 1000, loads) == pytest.approx(1.0 + 4.0)  # median 4
+    assert policy.choose(Budget(max_latency_ms=16), 1000, loads).model == L6
+
+
+def test_load_board_learns_overhead_only_from_calls_to_an_idle_model():
+    board = LoadBoard([L12])
+    with board.dispatched(L12, 100):  # no rate measured yet: nothing learnt
+        pass
+    assert board.loads()[L12].overhead_ms is None
+    stats = ReplicaStats()
+    stats.record_batch(1e-9, 1000)
+    board.update(L12, stats.snapshot(), inflight_when_sent=0)
+    with board.dispatched(L12, 100):
+        pass
+    learnt = board.loads()[L12].overhead_ms
+    assert learnt is not None and learnt >= 0
+    with board.dispatched(L12, 100):
+        with board.dispatched(L12, 100):  # dispatched behind another: not a sample
+            pass
+        assert board.loads()[L12].overhead_ms == learnt
