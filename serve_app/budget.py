@@ -21,6 +21,9 @@ from serve_app.catalog import Catalog, ModelCard
 
 # The published docs/s figures come with no length; assume a typical passage pair.
 PRIOR_TOKENS_PER_DOC = 128
+# A measured rate counts as this many batches' worth of evidence against the calibrated
+# prior, so one noisy first batch cannot make a model look slow (and so go unused) forever.
+PRIOR_WEIGHT_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class ModelLoad:
     """What the router knows about one model right now."""
 
     seconds_per_token: float | None  # measured service rate; None: not measured yet
+    batches_measured: int = 0  # how many batches the rate rests on
     queued_tokens: int = 0  # tokens already waiting or running, over all replicas
     replicas: int = 1
     # Measured fixed cost of a call beyond its service time (transport, batch wait);
@@ -82,13 +86,24 @@ class LatencyPredictor:
     def rates(self, models: Sequence[str], loads: Mapping[str, ModelLoad]) -> dict[str, float]:
         """Seconds per token for each model: measured, else the calibrated prior."""
         measured = {
-            m: loads[m].seconds_per_token
+            m: loads[m]
             for m in models
-            if m in loads and loads[m].seconds_per_token is not None
+            if m in loads and loads[m].seconds_per_token is not None and loads[m].batches_measured
         }
-        ratios = [rate / self.prior_rate[m] for m, rate in measured.items()]
+        ratios = [load.seconds_per_token / self.prior_rate[m] for m, load in measured.items()]
         calibration = statistics.median(ratios) if ratios else 1.0
-        return {m: measured.get(m, self.prior_rate[m] * calibration) for m in models}
+        rates = {}
+        for m in models:
+            prior = self.prior_rate[m] * calibration
+            load = measured.get(m)
+            if load is None:
+                rates[m] = prior
+            else:
+                n = load.batches_measured
+                rates[m] = (n * load.seconds_per_token + PRIOR_WEIGHT_BATCHES * prior) / (
+                    n + PRIOR_WEIGHT_BATCHES
+                )
+        return rates
 
     @staticmethod
     def overheads(models: Sequence[str], loads: Mapping[str, ModelLoad]) -> dict[str, float]:

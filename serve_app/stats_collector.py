@@ -71,6 +71,7 @@ class LoadBoard:
             snap = self.snapshots.get(m)
             out[m] = ModelLoad(
                 seconds_per_token=snap.seconds_per_token if snap else None,
+                batches_measured=snap.batches_measured if snap else 0,
                 queued_tokens=self.inflight_tokens[m] + self._foreign_tokens[m],
                 replicas=self.replicas.get(m, 1),
                 overhead_ms=self.overhead_ms.get(m),
@@ -87,7 +88,7 @@ class LoadBoard:
                 "inflight_tokens": self.inflight_tokens[m],
                 "replicas": loads[m].replicas,
                 "overhead_ms": loads[m].overhead_ms,
-                "batches_measured": s.batches_measured if (s := self.snapshots.get(m)) else 0,
+                "batches_measured": loads[m].batches_measured,
                 "stats_age_s": round(now - self.polled_at[m], 3) if m in self.polled_at else None,
             }
             for m in self.models

@@ -36,11 +36,12 @@ ALL = [TINY, L2, L4, L6, L12]
 
 # Synthetic measured rates (seconds per token): each model ~2x the cost of the one below.
 RATES = {TINY: 1e-6, L2: 2e-6, L4: 4e-6, L6: 6e-6, L12: 12e-6}
+SETTLED = 10**9  # batches: the prior's weight vanishes
 
 
 def measured(queued: dict[str, int] | None = None, replicas: int = 1) -> dict[str, ModelLoad]:
     queued = queued or {}
-    return {m: ModelLoad(RATES[m], queued.get(m, 0), replicas) for m in ALL}
+    return {m: ModelLoad(RATES[m], SETTLED, queued.get(m, 0), replicas) for m in ALL}
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +116,8 @@ def test_more_replicas_shorten_the_predicted_queue(policy):
 def test_equal_predictions_prefer_the_more_accurate_model():
     catalog = load_catalog()
     policy = BudgetPolicy(catalog, [TINY, L2])
-    same = {TINY: ModelLoad(1e-6), L2: ModelLoad(1e-6)}
-    choice = policy.choose(Budget(max_latency_ms=0.001), 1000, same)
+    policy.predictor.rates = lambda models, loads: {m: 1e-6 for m in models}  # an exact tie
+    choice = policy.choose(Budget(max_latency_ms=0.001), 1000, {})
     assert (choice.model, choice.budget_met) == (L2, False)
 
 
@@ -143,10 +144,26 @@ def test_unmeasured_models_get_priors_calibrated_by_measured_ones():
     predictor = LatencyPredictor(catalog)
     prior = predictor.prior_rate
     # Only TinyBERT measured, at 50x its prior (a slow CPU): the others scale alike.
-    loads = {TINY: ModelLoad(prior[TINY] * 50)}
+    loads = {TINY: ModelLoad(prior[TINY] * 50, batches_measured=10)}
     rates = predictor.rates(ALL, loads)
     assert rates[TINY] == pytest.approx(prior[TINY] * 50)
     assert rates[L12] == pytest.approx(prior[L12] * 50)
+
+
+def test_a_rate_from_few_batches_is_shrunk_towards_the_calibrated_prior():
+    predictor = LatencyPredictor(load_catalog())
+    prior = predictor.prior_rate
+    # TinyBERT and L12 settled at 10x their priors; L4's single batch says 30x.
+    loads = {
+        TINY: ModelLoad(prior[TINY] * 10, SETTLED),
+        L12: ModelLoad(prior[L12] * 10, SETTLED),
+        L4: ModelLoad(prior[L4] * 30, batches_measured=1),
+    }
+    rate = predictor.rates(ALL, loads)[L4]
+    # Calibration is the median ratio (10); one batch weighs 1 against the prior's 4.
+    assert rate == pytest.approx(prior[L4] * (30 + 4 * 10) / 5)
+    loads[L4] = ModelLoad(prior[L4] * 30, SETTLED)
+    assert predictor.rates(ALL, loads)[L4] == pytest.approx(prior[L4] * 30)
 
 
 # -- stats bookkeeping -----------------------------------------------------------------
@@ -320,9 +337,9 @@ def test_routing_config_names_must_be_enabled():
 
 
 def test_overhead_is_added_and_borrowed_by_unmeasured_models(policy):
-    loads = {m: ModelLoad(RATES[m]) for m in ALL}
-    loads[L12] = ModelLoad(RATES[L12], overhead_ms=5.0)
-    loads[L6] = ModelLoad(RATES[L6], overhead_ms=3.0)
+    loads = {m: ModelLoad(RATES[m], SETTLED) for m in ALL}
+    loads[L12] = ModelLoad(RATES[L12], SETTLED, overhead_ms=5.0)
+    loads[L6] = ModelLoad(RATES[L6], SETTLED, overhead_ms=3.0)
     assert policy.predict(L12, 1000, loads) == pytest.approx(12.0 + 5.0)
     assert policy.predict(TINY, 1000, loads) == pytest.approx(1.0 + 4.0)  # median 4
     assert policy.choose(Budget(max_latency_ms=16), 1000, loads).model == L6
