@@ -8,6 +8,7 @@ nothing of how the ingress reaches a replica.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
@@ -21,7 +22,7 @@ from serve_app.catalog import Catalog, UnknownModelError
 from serve_app.config import AppConfig
 from serve_app.errors import APIError
 from serve_app.ranking import rank, sigmoid
-from serve_app.router import ModelRouter
+from serve_app.router import ModelRouter, RouteDecision
 from serve_app.schemas import RerankRequest, RoutingInfo
 from serve_app.shadow import ShadowMetrics, agreement
 from serve_app.stats_collector import LoadBoard
@@ -106,9 +107,9 @@ class Dispatcher:
         with self.board.dispatched(model, pairs.total_tokens):
             return await self.score_fn(model, pairs)
 
-    def _resolve(self, name: str, param: str) -> str:
+    def _route(self, name: str | None, param: str) -> RouteDecision:
         try:
-            return self.router.route(name).model
+            return self.router.route(name)
         except UnknownModelError as e:
             raise APIError(
                 404,
@@ -136,15 +137,7 @@ class Dispatcher:
         return await self._named(body, texts, budget)
 
     async def _named(self, body: RerankRequest, texts: list[str], budget: Budget) -> Outcome:
-        try:
-            decision = self.router.route(body.model)
-        except UnknownModelError as e:
-            raise APIError(
-                404,
-                "model_not_found",
-                f"model {e.requested!r} is not served here; available: {', '.join(e.available)}",
-                "model",
-            ) from None
+        decision = self._route(body.model, "model")
         model = decision.model
         pairs = await self._encode(model, body.query, texts)
         predicted = self.policy.predict(model, pairs.total_tokens, self.board.loads())
@@ -193,12 +186,12 @@ class Dispatcher:
 
     async def _cascade(self, body: RerankRequest, texts: list[str], budget: Budget) -> Outcome:
         spec = body.cascade
-        first = self._resolve(
+        first = self._route(
             spec.first if spec and spec.first else self.cascade_defaults.first, "cascade.first"
-        )
-        second = self._resolve(
+        ).model
+        second = self._route(
             spec.second if spec and spec.second else self.cascade_defaults.second, "cascade.second"
-        )
+        ).model
         keep = spec.keep if spec and spec.keep else self.cascade_defaults.keep
         pairs = await self._encode(first, body.query, texts)
         keep = min(keep, len(pairs))
@@ -269,7 +262,7 @@ class Dispatcher:
     def describe(self) -> dict:
         return {
             "models": self.board.describe(),
-            "default_budget": self.default_budget.__dict__,
+            "default_budget": dataclasses.asdict(self.default_budget),
             "cascade": self.cascade_defaults.model_dump(),
             "splits": self.splitter.describe(),
             "shadow": None

@@ -7,6 +7,7 @@ import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from ray import serve
@@ -19,10 +20,9 @@ from serve_app import __version__
 from serve_app.catalog import ORGANISATION, load_catalog
 from serve_app.config import AppConfig
 from serve_app.dispatch import Dispatcher
-from serve_app.tokenization import PairEncoder
+from serve_app.tokenization import EncodedPairs, PairEncoder
 from serve_app.errors import APIError, error_response
 from serve_app.stats_collector import LoadBoard, StatsPoller
-from serve_app.tokenization import EncodedPairs
 from serve_app.schemas import (
     Document,
     ErrorResponse,
@@ -138,7 +138,7 @@ class RerankIngress:
             routing=outcome.routing,
         )
 
-    async def _score(self, model: str, pairs: EncodedPairs):
+    async def _score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
         try:
             return await self.models[model].score.remote(pairs)
         except Exception as e:  # a replica died or failed: the client may retry
