@@ -128,6 +128,69 @@ class IngressConfig(_Strict):
         }
 
 
+TINYBERT_L2 = "cross-encoder/ms-marco-TinyBERT-L2-v2"
+MINILM_L12 = "cross-encoder/ms-marco-MiniLM-L12-v2"
+
+
+class BudgetSettings(_Strict):
+    """A latency budget and accuracy floors (NDCG@10 / MRR@10, percent or fraction)."""
+
+    max_latency_ms: float | None = Field(None, gt=0)
+    min_ndcg: float | None = Field(None, gt=0, le=100)
+    min_mrr: float | None = Field(None, gt=0, le=100)
+
+
+class CascadeSettings(_Strict):
+    first: str = TINYBERT_L2
+    second: str = MINILM_L12
+    keep: int = Field(20, ge=1)
+
+    @field_validator("first", "second")
+    @classmethod
+    def _canonical(cls, v: str) -> str:
+        return canonical_model_name(v)
+
+
+class SplitSettings(_Strict):
+    """Send `fraction` of the `auto` traffic the policy gives `from` to `to` instead."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    source: str = Field(alias="from")
+    target: str = Field(alias="to")
+    fraction: float = Field(ge=0, le=1)
+
+    @field_validator("source", "target")
+    @classmethod
+    def _canonical(cls, v: str) -> str:
+        return canonical_model_name(v)
+
+
+class ShadowSettings(_Strict):
+    """Also score `fraction` of the requests served by `against` (any model if omitted)
+    with `model`, off the response path, and record how well the rankings agree."""
+
+    model: str
+    against: str | None = None
+    fraction: float = Field(ge=0, le=1)
+
+    @field_validator("model", "against")
+    @classmethod
+    def _canonical(cls, v: str | None) -> str | None:
+        return None if v is None else canonical_model_name(v)
+
+
+class RoutingSettings(_Strict):
+    default_budget: BudgetSettings = Field(
+        BudgetSettings(), description="Used for `auto` requests that state no budget."
+    )
+    cascade: CascadeSettings = CascadeSettings()
+    splits: list[SplitSettings] = Field(default_factory=list)
+    shadow: ShadowSettings | None = None
+    stats_interval_s: float = Field(
+        0.5, gt=0, description="How often the ingress polls each model's stats."
+    )
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
@@ -149,6 +212,7 @@ class AppConfig(_Strict):
         None, description="Served when a request names no model; defaults to the first."
     )
     ingress: IngressConfig = IngressConfig()
+    routing: RoutingSettings = RoutingSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +235,15 @@ class AppConfig(_Strict):
             self.default_model = canonical_model_name(self.default_model)
             if self.default_model not in names:
                 raise ValueError(f"default_model {self.default_model} is not enabled")
+        routed = [(s.source, "routing.splits") for s in self.routing.splits]
+        routed += [(s.target, "routing.splits") for s in self.routing.splits]
+        if self.routing.shadow is not None:
+            routed.append((self.routing.shadow.model, "routing.shadow"))
+            if self.routing.shadow.against is not None:
+                routed.append((self.routing.shadow.against, "routing.shadow"))
+        for name, where in routed:
+            if name not in names:
+                raise ValueError(f"{where} names {name}, which is not enabled")
         return self
 
     @property

@@ -7,21 +7,22 @@ import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from serve_app import __version__
-from serve_app.catalog import ORGANISATION, UnknownModelError, load_catalog
+from serve_app.catalog import ORGANISATION, load_catalog
 from serve_app.config import AppConfig
-from serve_app.tokenization import PairEncoder
+from serve_app.dispatch import Dispatcher
+from serve_app.tokenization import EncodedPairs, PairEncoder
 from serve_app.errors import APIError, error_response
-from serve_app.ranking import rank
-from serve_app.router import ModelRouter
+from serve_app.stats_collector import LoadBoard, StatsPoller
 from serve_app.schemas import (
     Document,
     ErrorResponse,
@@ -93,13 +94,23 @@ class RerankIngress:
     def __init__(self, config: AppConfig, model_handles: dict[str, DeploymentHandle]):
         self.config = config
         self.catalog = load_catalog()
-        self.router = ModelRouter(self.catalog, config.enabled_models, config.default_model)
         self.models = model_handles
         self.deployment_names = {m.name: m.short_name for m in config.models}
         self.encoders = load_encoders(config)
         # The fast tokenizer releases the GIL: encoding in threads keeps the event loop free
         # and uses every core the replica has.
         self._tokenize_pool = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="tok")
+        self.load_board = LoadBoard(config.enabled_models)
+        self.stats_poller = StatsPoller(
+            self.load_board,
+            fetch=lambda name: self.models[name].stats.remote(),
+            replica_counts=self._model_replica_counts,
+            interval_s=config.routing.stats_interval_s,
+        )
+        self.dispatcher = Dispatcher(
+            config, self.catalog, self.encoders, self._tokenize_pool, self._score,
+            self.load_board,
+        )
 
     @app.post(
         "/v1/rerank",
@@ -107,44 +118,44 @@ class RerankIngress:
         response_model_exclude_none=True,
         responses=_ERRORS,
     )
-    async def rerank(self, body: RerankRequest) -> RerankResponse:
-        try:
-            decision = self.router.route(body.model)
-        except UnknownModelError as e:
-            raise APIError(
-                404,
-                "model_not_found",
-                f"model {e.requested!r} is not served here; available: {', '.join(e.available)}",
-                "model",
-            ) from None
+    async def rerank(self, body: RerankRequest, response: Response) -> RerankResponse:
+        self.stats_poller.ensure_started()
         texts = body.document_texts()
-        pairs = await asyncio.get_running_loop().run_in_executor(
-            self._tokenize_pool, self.encoders[decision.model].encode, body.query, texts
-        )
-        try:
-            logits = await self.models[decision.model].score.remote(pairs)
-        except Exception as e:  # a replica died or failed: the client may retry
-            logger.exception("scoring failed on %s", decision.model)
-            raise APIError(
-                503,
-                "model_unavailable",
-                f"{decision.model} could not score the request ({type(e).__name__}); retry",
-                headers={"Retry-After": "1"},
-            ) from None
-        ranked = rank(logits.tolist(), body.top_n, body.raw_scores)
+        outcome = await self.dispatcher.rerank(body, texts)
+        response.headers["x-rerank-model"] = outcome.served_by
         return RerankResponse(
             id=f"rerank-{uuid.uuid4().hex}",
-            model=decision.model,
+            model=outcome.model,
             results=[
                 RerankResult(
                     index=i,
                     relevance_score=score,
                     document=Document(text=texts[i]) if body.return_documents else None,
                 )
-                for i, score in ranked
+                for i, score in outcome.ranked
             ],
-            usage=Usage(documents=len(texts), total_tokens=pairs.total_tokens),
+            usage=Usage(documents=outcome.documents, total_tokens=outcome.total_tokens),
+            routing=outcome.routing,
         )
+
+    async def _score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
+        try:
+            return await self.models[model].score.remote(pairs)
+        except Exception as e:  # a replica died or failed: the client may retry
+            logger.exception("scoring failed on %s", model)
+            raise APIError(
+                503,
+                "model_unavailable",
+                f"{model} could not score the request ({type(e).__name__}); retry",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    @app.get("/v1/routing")
+    async def routing_state(self) -> dict:
+        """What budget routing sees now: per-model measured rate, queue and stats age;
+        default budget, cascade, splits and shadow agreement so far."""
+        self.stats_poller.ensure_started()
+        return self.dispatcher.describe()
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def list_models(self) -> ModelList:
@@ -193,6 +204,10 @@ class RerankIngress:
             )
         except Exception:
             return {}
+
+    def _model_replica_counts(self) -> dict[str, int]:
+        counts = self._replica_counts()
+        return {m: counts[d] for m, d in self.deployment_names.items() if d in counts}
 
     def _replica_counts(self) -> dict[str, int]:
         """Running replicas per deployment, from the Serve controller; empty if unknown."""

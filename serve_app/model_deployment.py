@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -14,6 +15,7 @@ from ray import serve
 
 from serve_app.config import BatchingSettings, ModelDeploymentConfig
 from serve_app.engine import CrossEncoderEngine
+from serve_app.model_stats import ModelStatsSnapshot, ReplicaStats
 from serve_app.tokenization import EncodedPairs
 
 logger = logging.getLogger("ray.serve")
@@ -34,6 +36,7 @@ class RerankModel:
         # One thread runs the model, so the event loop keeps gathering the next batch
         # while the current one computes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self.stats_recorder = ReplicaStats()
         self.engine.warmup()
         if self.engine.random_weights:
             logger.warning(
@@ -51,7 +54,12 @@ class RerankModel:
 
     async def score(self, pairs: EncodedPairs) -> np.ndarray:
         """Logits of one request's pairs (already tokenized by the ingress)."""
-        return await self._score_batch(pairs)
+        tokens = pairs.total_tokens
+        self.stats_recorder.request_started(tokens)
+        try:
+            return await self._score_batch(pairs)
+        finally:
+            self.stats_recorder.request_finished(tokens)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _score_batch(self, requests: list[EncodedPairs]) -> list[np.ndarray]:
@@ -61,7 +69,16 @@ class RerankModel:
             max_batch_tokens=self.batching.max_batch_tokens,
             max_batch_docs=self.batching.max_batch_docs,
         )
-        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        started = time.perf_counter()
+        logits = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        self.stats_recorder.record_batch(
+            time.perf_counter() - started, sum(r.total_tokens for r in requests)
+        )
+        return logits
+
+    async def stats(self) -> ModelStatsSnapshot:
+        """Recent service rate and held load, for the ingress's budget router (cheap)."""
+        return self.stats_recorder.snapshot()
 
     def describe(self) -> dict:
         return {"model": self.config.name, **self.engine.describe()}

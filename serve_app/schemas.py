@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
 )
@@ -40,6 +41,18 @@ DocumentInput = Annotated[
 ]
 
 
+PositiveNumber = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
+Floor = Annotated[StrictFloat, Field(gt=0, le=100, allow_inf_nan=False)]
+
+
+class CascadeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    first: StrictStr | None = Field(None, description="Fast model scoring every document.")
+    second: StrictStr | None = Field(None, description="Accurate model re-scoring the kept ones.")
+    keep: StrictInt | None = Field(None, ge=1, description="Documents passed to `second`.")
+
+
 class RerankRequest(BaseModel):
     # Unknown fields are ignored, as the hosted rerank APIs do, so their clients work as-is.
     model_config = ConfigDict(extra="ignore")
@@ -55,6 +68,19 @@ class RerankRequest(BaseModel):
     return_documents: StrictBool = True
     raw_scores: StrictBool = Field(
         False, description="Return the model's logit instead of its sigmoid."
+    )
+    # Budget routing (`"model": "auto"`, or no model with any of these set).
+    max_latency_ms: PositiveNumber | None = Field(
+        None, description="Latency budget: the most accurate model predicted to fit is used."
+    )
+    min_ndcg: Floor | None = Field(
+        None, description="Accuracy floor: NDCG@10 on TREC DL19 (74.3 or 0.743 alike)."
+    )
+    min_mrr: Floor | None = Field(
+        None, description="Accuracy floor: MRR@10 on MS MARCO dev (39.0 or 0.390 alike)."
+    )
+    cascade: CascadeRequest | None = Field(
+        None, description="Two-stage cascade (with `\"model\": \"cascade\"` or no model)."
     )
 
     def document_texts(self) -> list[str]:
@@ -72,11 +98,19 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class RoutingInfo(BaseModel):
+    policy: str = Field(description="named, default, budget, split or cascade.")
+    predicted_ms: float | None = Field(None, description="Predicted queue wait + service time.")
+    budget_met: bool | None = Field(None, description="Prediction within `max_latency_ms`.")
+    stages: list[str] | None = Field(None, description="Cascade only: first, second model.")
+
+
 class RerankResponse(BaseModel):
     id: str
     model: str
     results: list[RerankResult]
     usage: Usage
+    routing: RoutingInfo | None = None
 
 
 class ModelEntry(BaseModel):

@@ -1,0 +1,60 @@
+"""Start the offline demo (deployments/demo.yaml's app) on its own local Ray instance, on
+loopback, for load tests; Ctrl-C (or SIGTERM) shuts down only what this started.
+
+    python load_tests/run_demo_app.py [--port 8123] [--models TinyBERT-L2 MiniLM-L12 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import ray
+import yaml
+from ray import serve
+
+from serve_app.builder import build_app
+
+DEMO = Path(__file__).resolve().parent.parent / "deployments" / "demo.yaml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs for Ray")
+    parser.add_argument("--models", nargs="*", help="substrings of model names to keep")
+    args = parser.parse_args()
+
+    app_args = yaml.safe_load(DEMO.read_text())["applications"][0]["args"]
+    if args.models:
+        app_args["models"] = [
+            m for m in app_args["models"] if any(s.lower() in m["name"].lower() for s in args.models)
+        ]
+        names = [m["name"] for m in app_args["models"]]
+        if app_args.get("default_model") not in names:
+            app_args["default_model"] = names[0]
+
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        serve.run(build_app(app_args), name="rerank", route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{args.port}"
+        while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+            time.sleep(1)
+        print(f"ready: {url}", flush=True)
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Traffic splitting for A/B tests: send a fraction of the `auto` traffic that the budget
+policy gives one model to a candidate model instead. Plain Python, no Ray.
+
+Sampling is deterministic (an even spread, no RNG): of the first n eligible requests exactly
+floor(n * fraction) are picked, so tests and small experiments see the configured fraction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+
+class FractionSampler:
+    def __init__(self, fraction: float):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("fraction must be in [0, 1]")
+        self.fraction = fraction
+        self.seen = 0
+
+    def __call__(self) -> bool:
+        self.seen += 1
+        return math.floor(self.seen * self.fraction) > math.floor((self.seen - 1) * self.fraction)
+
+
+class TrafficSplitter:
+    def __init__(self, splits: Iterable[tuple[str, str, float]]):
+        self._splits = {source: (target, FractionSampler(f)) for source, target, f in splits}
+
+    def divert(self, model: str) -> str | None:
+        """The candidate to use instead of `model` for this request, or None."""
+        split = self._splits.get(model)
+        if split is None:
+            return None
+        target, sample = split
+        return target if sample() else None
+
+    def describe(self) -> list[dict]:
+        return [
+            {"from": source, "to": target, "fraction": sample.fraction, "seen": sample.seen}
+            for source, (target, sample) in self._splits.items()
+        ]

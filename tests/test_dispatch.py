@@ -1,0 +1,218 @@
+"""The dispatcher end to end without Ray: real tokenization, a fake `score` per model, so
+budget routing, splits, in-flight queue accounting, the cascade and shadow scoring are
+checked exactly and fast."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from serve_app.catalog import load_catalog
+from serve_app.config import AppConfig
+from serve_app.dispatch import Dispatcher
+from serve_app.errors import APIError
+from serve_app.ingress import load_encoders
+from serve_app.schemas import RerankRequest
+from serve_app.stats_collector import LoadBoard
+from serve_app.tokenization import EncodedPairs
+from tests.conftest import checkpoint_path
+
+TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
+L2 = "cross-encoder/ms-marco-MiniLM-L2-v2"
+L12 = "cross-encoder/ms-marco-MiniLM-L12-v2"
+DOCS = ["a", "bb bb", "ccc ccc ccc", "dd dd dd dd", "e e e e e", "ffffff", "g g"]
+
+# Fake models: TinyBERT prefers long documents, L12 short ones, L2 an index order.
+FAKE_LOGITS = {
+    TINY: lambda p: p.doc_lengths.astype(np.float32),
+    L12: lambda p: -p.doc_lengths.astype(np.float32),
+    L2: lambda p: np.arange(len(p), dtype=np.float32),
+}
+
+
+class FakeModels:
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+        self.gate: asyncio.Event | None = None  # when set, L12 waits on it
+        self.failing: set[str] = set()
+
+    async def score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
+        self.calls.append((model, len(pairs)))
+        if model in self.failing:
+            raise RuntimeError("replica died")
+        if model == L12 and self.gate is not None:
+            await self.gate.wait()
+        return FAKE_LOGITS[model](pairs)
+
+
+def make(checkpoint_root, routing: dict | None = None, default_model: str | None = None):
+    config = AppConfig.model_validate(
+        {
+            "models": [
+                {"name": m, "source": checkpoint_path(checkpoint_root, m)} for m in (TINY, L2, L12)
+            ],
+            "default_model": default_model or L2,
+            "routing": routing or {},
+        }
+    )
+    models = FakeModels()
+    board = LoadBoard(config.enabled_models)
+    dispatcher = Dispatcher(
+        config, load_catalog(), load_encoders(config), ThreadPoolExecutor(2), models.score, board
+    )
+    return dispatcher, models, board
+
+
+def run(dispatcher: Dispatcher, **body):
+    request = RerankRequest.model_validate({"query": "q q", "documents": DOCS, **body})
+    return asyncio.run(dispatcher.rerank(request, request.document_texts()))
+
+
+@pytest.fixture(scope="module")
+def plain(checkpoint_root):
+    return make(checkpoint_root)
+
+
+def test_named_and_default_routes_report_the_policy_and_a_prediction(plain):
+    dispatcher, _, _ = plain
+    named = run(dispatcher, model="ms-marco-MiniLM-L-12-v2", max_latency_ms=1e9)
+    assert named.model == named.served_by == L12
+    assert named.routing.policy == "named" and named.routing.predicted_ms > 0
+    assert named.routing.budget_met is True
+    default = run(dispatcher)
+    assert default.model == L2 and default.routing.policy == "default"
+    assert default.routing.budget_met is None
+
+
+def test_auto_or_a_budget_without_model_uses_the_budget_policy(plain):
+    dispatcher, _, _ = plain
+    for body in ({"model": "auto"}, {"model": "AUTO", "max_latency_ms": 1e9}, {"min_ndcg": 0.7}):
+        out = run(dispatcher, **body)
+        assert (out.model, out.routing.policy, out.routing.budget_met) == (L12, "budget", True)
+    # Tiny budget: the fastest by the catalog priors, flagged as missed.
+    out = run(dispatcher, model="auto", max_latency_ms=1e-6)
+    assert (out.model, out.routing.budget_met) == (TINY, False)
+    assert out.documents == len(DOCS) and out.total_tokens > len(DOCS)
+
+
+def test_a_floor_above_every_model_is_a_400_naming_the_best(plain):
+    dispatcher, _, _ = plain
+    with pytest.raises(APIError) as e:
+        run(dispatcher, model="auto", min_ndcg=80)
+    assert (e.value.status, e.value.type, e.value.param) == (400, "budget_unsatisfiable", "min_ndcg")
+    assert L12 in e.value.message
+
+
+def test_inflight_requests_push_auto_traffic_to_smaller_models_and_back(checkpoint_root):
+    dispatcher, models, board = make(checkpoint_root)
+    one_request_ms = run(dispatcher, model=L12).routing.predicted_ms
+    budget = 1.5 * one_request_ms  # L12 fits alone, not behind one other request
+
+    async def scenario():
+        models.gate = asyncio.Event()
+        texts = list(DOCS)
+        request = RerankRequest.model_validate(
+            {"model": "auto", "query": "q q", "documents": texts, "max_latency_ms": budget}
+        )
+        first = asyncio.create_task(dispatcher.rerank(request, texts))
+
+        async def first_is_at_l12():
+            while board.inflight_tokens[L12] == 0:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(first_is_at_l12(), timeout=30)
+        second = await dispatcher.rerank(request, texts)
+        models.gate.set()
+        first = await first
+        third = await dispatcher.rerank(request, texts)
+        return first, second, third
+
+    first, second, third = asyncio.run(scenario())
+    assert [first.model, second.model, third.model] == [L12, L2, L12]
+    assert all(o.routing.budget_met for o in (first, second, third))
+    assert board.inflight_tokens == {TINY: 0, L2: 0, L12: 0}
+
+
+def test_split_sends_the_configured_fraction_of_auto_traffic_and_respects_floors(checkpoint_root):
+    dispatcher, _, _ = make(
+        checkpoint_root, routing={"splits": [{"from": L12, "to": L2, "fraction": 0.5}]}
+    )
+    outs = [run(dispatcher, model="auto") for _ in range(4)]
+    assert [o.model for o in outs] == [L12, L2, L12, L2]
+    assert [o.routing.policy for o in outs] == ["budget", "split", "budget", "split"]
+    # Named traffic is never split; a candidate below the floor is not used.
+    assert run(dispatcher, model=L12).model == L12
+    floored = [run(dispatcher, model="auto", min_ndcg=74).model for _ in range(2)]
+    assert floored == [L12, L12]
+
+
+def test_cascade_orders_kept_by_second_then_rest_by_first_and_bills_both(plain):
+    dispatcher, models, _ = plain
+    models.calls.clear()
+    out = run(dispatcher, model="cascade", cascade={"keep": 3}, raw_scores=True)
+    tiny = run(dispatcher, model=TINY, raw_scores=True)
+    tiny_order = [i for i, _ in tiny.ranked]
+    kept = tiny_order[:3]
+    by_l12 = sorted(kept, key=lambda i: (dict(tiny.ranked)[i], i))  # L12 = -TinyBERT
+    assert [i for i, _ in out.ranked] == by_l12 + tiny_order[3:]
+    assert (out.model, out.served_by) == ("cascade", f"{TINY},{L12}")
+    assert out.routing.policy == "cascade" and out.routing.stages == [TINY, L12]
+    assert out.documents == len(DOCS) + 3
+    kept_tokens = sum(int(dict(tiny.ranked)[i]) + 4 for i in kept)  # doc tokens + [CLS] q q [SEP]
+    assert out.total_tokens == tiny.total_tokens + kept_tokens
+    assert models.calls[:2] == [(TINY, len(DOCS)), (L12, 3)]
+
+
+def test_cascade_object_alone_defaults_and_limits(plain):
+    dispatcher, _, _ = plain
+    out = run(dispatcher, cascade={"first": "ms-marco-MiniLM-L-2-v2", "keep": 100}, top_n=2)
+    assert out.routing.stages == [L2, L12] and out.documents == 2 * len(DOCS)
+    assert len(out.ranked) == 2 and all(0 < s < 1 for _, s in out.ranked)
+
+
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({"model": "cascade", "cascade": {"first": "nope"}}, 404, "cascade.first"),
+        ({"model": "cascade", "cascade": {"second": "ms-marco-MiniLM-L6-v2"}}, 404,
+         "cascade.second"),
+        ({"model": L12, "cascade": {"keep": 2}}, 422, "cascade"),
+        ({"model": "nope"}, 404, "model"),
+    ],
+)
+def test_cascade_and_model_errors(plain, body, status, param):
+    dispatcher, _, _ = plain
+    with pytest.raises(APIError) as e:
+        run(dispatcher, **body)
+    assert (e.value.status, e.value.param) == (status, param)
+
+
+def test_shadow_scores_in_the_background_and_records_agreement(checkpoint_root):
+    dispatcher, models, _ = make(
+        checkpoint_root, routing={"shadow": {"model": L12, "against": TINY, "fraction": 0.5}}
+    )
+
+    async def scenario():
+        outs = [await dispatcher.rerank(req, req.document_texts()) for req in requests]
+        await asyncio.gather(*list(dispatcher._background))
+        return outs
+
+    requests = [
+        RerankRequest.model_validate({"model": m, "query": "q", "documents": DOCS})
+        for m in (TINY, TINY, L2, TINY, TINY)
+    ]
+    outs = asyncio.run(scenario())
+    assert [o.model for o in outs] == [TINY, TINY, L2, TINY, TINY]
+    summary = dispatcher.shadow_metrics.summary.as_dict()
+    # Half of the 4 TinyBERT requests; L12 ranks in exactly the reverse order of TinyBERT
+    # (ties aside), so the agreement is strongly negative.
+    assert summary["compared"] == 2 and summary["failed"] == 0
+    assert summary["mean_kendall_tau"] < -0.9
+    assert [c for c in models.calls if c[0] == L12] == [(L12, len(DOCS))] * 2
+
+    models.failing.add(L12)
+    asyncio.run(scenario())
+    assert dispatcher.shadow_metrics.summary.failed == 2  # responses still fine
