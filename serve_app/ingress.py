@@ -1,46 +1,84 @@
 """The HTTP ingress: parses and validates requests, asks the router which model serves
 them, calls that model's deployment and shapes the response. No model code here.
+
+In front of every route, `EdgeMiddleware` (http_edge.py) assigns request ids, enforces
+the body limit and API keys and writes access logs. Quotas and billing go to the usage
+ledger (ledger.py), one replica shared by every ingress replica.
 """
 
 import asyncio
 import logging
+import time
 import uuid
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPBearer
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serve_app import __version__
+from serve_app.auth import ANONYMOUS, Authenticator, Principal
 from serve_app.catalog import ORGANISATION, UnknownModelError, load_catalog
-from serve_app.config import AppConfig
+from serve_app.compat import (
+    CohereV2RerankRequest,
+    RerankCall,
+    Reranked,
+    TEIRerankRequest,
+    TEIRerankResult,
+    call_from_rerank_request,
+    call_from_tei,
+    rerank_response,
+    tei_response,
+)
+from serve_app.config import AppConfig, QuotaSettings
 from serve_app.errors import APIError, error_response
+from serve_app.http_edge import AccessRecord, EdgeMiddleware, EdgePolicy, access_logger
+from serve_app.limits import check_limits
+from serve_app.metrics import RerankMetrics
 from serve_app.ranking import rank
 from serve_app.router import ModelRouter
 from serve_app.schemas import (
-    Document,
     ErrorResponse,
     ModelEntry,
     ModelList,
     RerankRequest,
     RerankResponse,
-    RerankResult,
-    Usage,
+    UsageResponse,
 )
+from serve_app.truncation import DocumentTruncator
+from serve_app.usage import UsageRecord
 
 logger = logging.getLogger("ray.serve")
 
 READY_TIMEOUT_S = 5.0
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 422, 503)}
+LEDGER_TIMEOUT_S = 10.0
+_ERRORS = {
+    status: {"model": ErrorResponse}
+    for status in (400, 401, 404, 413, 422, 429, 500, 503, 504)
+}
+_HEALTH_ERRORS = {status: {"model": ErrorResponse} for status in (503,)}
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/openapi.json"})
+# Documents the Bearer scheme in OpenAPI; the key is checked by `EdgeMiddleware`.
+_bearer = Security(HTTPBearer(auto_error=False, description="An API key from the operator."))
 
 app = FastAPI(
     title="Rerank API",
     version=__version__,
     description="Cross-encoder reranking (cross-encoder/ms-marco v2 family) on Ray Serve.",
 )
+
+
+def _edge_policy() -> EdgePolicy:
+    return serve.get_replica_context().servable_object.edge_policy
+
+
+app.add_middleware(EdgeMiddleware, resolve_policy=_edge_policy)
 
 
 @app.exception_handler(APIError)
@@ -74,22 +112,77 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 @serve.deployment
 @serve.ingress(app)
 class RerankIngress:
-    def __init__(self, config: AppConfig, model_handles: dict[str, DeploymentHandle]):
+    def __init__(
+        self,
+        config: AppConfig,
+        model_handles: dict[str, DeploymentHandle],
+        ledger: DeploymentHandle,
+    ):
         self.config = config
         self.catalog = load_catalog()
         self.router = ModelRouter(self.catalog, config.enabled_models, config.default_model)
         self.models = model_handles
         self.deployment_names = {m.name: m.short_name for m in config.models}
+        self.ledger = ledger
+        self.metrics = RerankMetrics()
+        self.truncator = DocumentTruncator()
+        self.edge_policy = EdgePolicy(
+            authenticator=Authenticator(config.auth),
+            max_body_bytes=config.limits.max_body_bytes,
+            public_paths=PUBLIC_PATHS,
+            known_paths=frozenset(r.path for r in app.routes),
+            observe=self._observe_access,
+        )
+
+    def _observe_access(self, record: AccessRecord) -> None:
+        access_logger.info(record.log_line())
+        self.metrics.observe_access(record)
 
     @app.post(
         "/v1/rerank",
         response_model=RerankResponse,
         response_model_exclude_none=True,
         responses=_ERRORS,
+        dependencies=[_bearer],
     )
-    async def rerank(self, body: RerankRequest) -> RerankResponse:
+    async def rerank(self, body: RerankRequest, request: Request) -> RerankResponse:
+        """Rerank `documents` by relevance to `query` (Cohere v1 and Jina field names)."""
+        result = await self._rerank(request, call_from_rerank_request(body), "documents")
+        return rerank_response(result, body.return_documents)
+
+    @app.post(
+        "/v2/rerank",
+        response_model=RerankResponse,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        dependencies=[_bearer],
+    )
+    async def rerank_v2(self, body: CohereV2RerankRequest, request: Request) -> RerankResponse:
+        """Cohere v2 rerank: documents are returned only with `return_documents: true`."""
+        result = await self._rerank(request, call_from_rerank_request(body), "documents")
+        return rerank_response(result, body.return_documents)
+
+    @app.post(
+        "/rerank",
+        response_model=list[TEIRerankResult],
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        dependencies=[_bearer],
+    )
+    async def rerank_tei(self, body: TEIRerankRequest, request: Request) -> list[TEIRerankResult]:
+        """Hugging Face text-embeddings-inference rerank: a bare array, best first."""
+        result = await self._rerank(request, call_from_tei(body), "texts")
+        return tei_response(result, body.return_text)
+
+    @app.get("/v1/usage", response_model=UsageResponse, responses=_ERRORS, dependencies=[_bearer])
+    async def usage(self, request: Request) -> UsageResponse:
+        """The calling key's totals since the ledger's journal began."""
+        totals = await self._ledger_call("usage", _principal(request).key_id)
+        return UsageResponse.model_validate(totals)
+
+    async def _rerank(self, request: Request, call: RerankCall, documents_field: str) -> Reranked:
         try:
-            decision = self.router.route(body.model)
+            decision = self.router.route(call.model)
         except UnknownModelError as e:
             raise APIError(
                 404,
@@ -97,34 +190,95 @@ class RerankIngress:
                 f"model {e.requested!r} is not served here; available: {', '.join(e.available)}",
                 "model",
             ) from None
-        texts = body.document_texts()
+        request.state.model = decision.model
+        check_limits(self.config.limits, call, documents_field)
+        request.state.documents = len(call.texts)
+        principal = _principal(request)
+        await self._admit(principal, len(call.texts))
+
+        texts = call.texts
+        if call.max_tokens_per_doc is not None:
+            texts = await asyncio.to_thread(self.truncator.truncate, texts, call.max_tokens_per_doc)
+        started = time.perf_counter()
+        scored = await self._score(decision.model, call.query, texts)
+        model_seconds = time.perf_counter() - started
+
+        result = Reranked(
+            id=f"rerank-{uuid.uuid4().hex}",
+            model=decision.model,
+            ranked=rank(scored.logits, call.top_n, call.raw_scores),
+            texts=call.texts,
+            total_tokens=scored.total_tokens,
+        )
+        # Billed before answering: a request the ledger has not counted is not served.
+        await self._ledger_call(
+            "record",
+            UsageRecord(
+                request_id=result.id,
+                key_id=principal.key_id,
+                model=decision.model,
+                documents=len(texts),
+                tokens=scored.total_tokens,
+                usd_per_1k_documents=self.config.pricing.price(decision.model),
+            ),
+        )
+        self.metrics.observe_scored(decision.model, len(texts), scored.total_tokens, model_seconds)
+        return result
+
+    async def _score(self, model: str, query: str, texts: list[str]):
         try:
-            scored = await self.models[decision.model].score.remote(body.query, texts)
+            return await asyncio.wait_for(
+                self.models[model].score.remote(query, texts),
+                timeout=self.config.limits.model_timeout_s,
+            )
+        except asyncio.TimeoutError:
+            raise APIError(
+                504, "timeout",
+                f"{model} did not answer within {self.config.limits.model_timeout_s:g}s",
+            ) from None
+        except BackPressureError:
+            raise APIError(
+                503, "overloaded", f"{model} is at capacity; retry",
+                headers={"Retry-After": "1"},
+            ) from None
         except Exception as e:  # a replica died or failed: the client may retry
-            logger.exception("scoring failed on %s", decision.model)
+            logger.exception("scoring failed on %s", model)
             raise APIError(
                 503,
                 "model_unavailable",
-                f"{decision.model} could not score the request ({type(e).__name__}); retry",
+                f"{model} could not score the request ({type(e).__name__}); retry",
                 headers={"Retry-After": "1"},
             ) from None
-        ranked = rank(scored.logits, body.top_n, body.raw_scores)
-        return RerankResponse(
-            id=f"rerank-{uuid.uuid4().hex}",
-            model=decision.model,
-            results=[
-                RerankResult(
-                    index=i,
-                    relevance_score=score,
-                    document=Document(text=texts[i]) if body.return_documents else None,
-                )
-                for i, score in ranked
-            ],
-            usage=Usage(documents=len(texts), total_tokens=scored.total_tokens),
-        )
 
-    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+    async def _admit(self, principal: Principal, documents: int) -> None:
+        quota = principal.quota
+        if quota.requests_per_second is None and quota.documents_per_minute is None:
+            return
+        admission = await self._ledger_call("admit", principal.key_id, quota, documents)
+        if not admission.allowed:
+            raise APIError(
+                429, "rate_limited", admission.reason,
+                headers={"Retry-After": admission.retry_after_header},
+            )
+
+    async def _ledger_call(self, method: str, *args):
+        """Call the usage ledger, retrying while it restarts; records are idempotent."""
+        deadline = time.monotonic() + LEDGER_TIMEOUT_S
+        while True:
+            try:
+                return await getattr(self.ledger, method).remote(*args)
+            except Exception as e:
+                if time.monotonic() >= deadline:
+                    logger.error("usage ledger unavailable for %s: %s", method, type(e).__name__)
+                    raise APIError(
+                        503, "ledger_unavailable", "usage accounting is unavailable; retry",
+                        headers={"Retry-After": "1"},
+                    ) from None
+                await asyncio.sleep(0.2)
+
+    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS, dependencies=[_bearer])
     async def list_models(self) -> ModelList:
+        """The models served, with catalog metadata and running replicas."""
         infos = await asyncio.gather(
             *(self._describe(name) for name in self.config.enabled_models)
         )
@@ -149,10 +303,12 @@ class RerankIngress:
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
+        """Alive; needs no key."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses=_ERRORS)
+    @app.get("/readyz", responses=_HEALTH_ERRORS)
     async def readyz(self) -> JSONResponse:
+        """Every model can serve (503 otherwise); needs no key."""
         names = self.config.enabled_models
         infos = await asyncio.gather(*(self._describe(n) for n in names))
         not_ready = [n for n, info in zip(names, infos) if not info]
@@ -181,3 +337,8 @@ class RerankIngress:
         return {
             name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()
         }
+
+
+def _principal(request: Request) -> Principal:
+    # Set by EdgeMiddleware on every non-public path; anonymous only when auth is off.
+    return getattr(request.state, "principal", None) or Principal(ANONYMOUS, QuotaSettings())

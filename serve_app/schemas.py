@@ -56,6 +56,10 @@ class RerankRequest(BaseModel):
     raw_scores: StrictBool = Field(
         False, description="Return the model's logit instead of its sigmoid."
     )
+    max_tokens_per_doc: StrictInt | None = Field(
+        None, ge=1, description="Cohere: cut each document to this many tokens before scoring "
+        "(pairs are cut at the model's 512 tokens regardless)."
+    )
 
     def document_texts(self) -> list[str]:
         return [d.text for d in self.documents]
@@ -72,11 +76,20 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class BilledUnits(BaseModel):
+    search_units: int = Field(description="Cohere's unit: one per 100 documents, rounded up.")
+
+
+class ResponseMeta(BaseModel):
+    billed_units: BilledUnits
+
+
 class RerankResponse(BaseModel):
     id: str
     model: str
     results: list[RerankResult]
     usage: Usage
+    meta: ResponseMeta | None = None
 
 
 class ModelEntry(BaseModel):
@@ -108,3 +121,15 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class UsageTotals(BaseModel):
+    requests: int
+    documents: int = Field(description="Documents scored: the billed unit.")
+    tokens: int
+    cost_usd: float
+
+
+class UsageResponse(UsageTotals):
+    key_id: str
+    models: dict[str, UsageTotals] = Field(description="The same totals per model.")

@@ -47,6 +47,7 @@ def app_args(root: Path, models: list[str], **overrides: Any) -> dict:
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},
         },
         "ingress": {"num_cpus": 0.1},
+        "auth": {"enabled": False},
         "models": [{"name": m, "source": checkpoint_path(root, m)} for m in models],
     }
     args.update(overrides)
