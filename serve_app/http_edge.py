@@ -23,8 +23,7 @@ from serve_app.auth import Authenticator
 from serve_app.errors import APIError, error_response
 
 REQUEST_ID_HEADER = "x-request-id"
-# A client's id is echoed only if it is short and plain, so it is safe in headers and logs.
-_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9._:/+=-]{1,64}$")
 
 access_logger = logging.getLogger("rerank.access")
 
@@ -45,7 +44,7 @@ class AccessRecord:
         return json.dumps(
             {
                 "event": "access",
-                "request_id": self.request_id,
+                "request_id": self.request_id[:128],
                 "method": self.method,
                 "path": self.path,
                 "status": self.status,
@@ -65,6 +64,7 @@ class EdgePolicy:
     max_body_bytes: int
     public_paths: frozenset[str]  # served without a key
     known_paths: frozenset[str]  # logged by name; anything else as "other"
+    proxy_sets_request_id: bool = False  # behind Serve's HTTP proxy
     observe: Callable[[AccessRecord], None] = field(default=lambda record: None)
 
 
@@ -79,9 +79,11 @@ class EdgeMiddleware:
             return
         started = time.perf_counter()
         headers = _headers(scope)
-        request_id = headers.get(REQUEST_ID_HEADER, "")
-        if not _CLIENT_REQUEST_ID.match(request_id):
-            request_id = uuid.uuid4().hex
+        policy = self.resolve_policy()
+        # Serve's proxy already echoes the client's x-request-id (or makes one), puts it on
+        # the request and on the response; standalone, this middleware does both.
+        request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        add_header = not (policy.proxy_sets_request_id and REQUEST_ID_HEADER in headers)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -91,13 +93,12 @@ class EdgeMiddleware:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status, response_started = message["status"], True
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    (k, v) for k, v in message["headers"] if k.lower() != b"x-request-id"
-                ] + [(b"x-request-id", request_id.encode())]
+                if add_header:
+                    message["headers"] = [
+                        *message.get("headers", []), (b"x-request-id", request_id.encode())
+                    ]
             await send(message)
 
-        policy = self.resolve_policy()
         try:
             receive = await self._admit(scope, receive, headers, policy, state)
             await self.app(scope, receive, send_with_id)
@@ -178,4 +179,4 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _client_name(value: str | None) -> str | None:
-    return value[:64] if value and _CLIENT_REQUEST_ID.match(value[:64]) else None
+    return value if value and _CLIENT_NAME.match(value) else None

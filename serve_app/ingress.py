@@ -62,6 +62,7 @@ _ERRORS = {
     for status in (400, 401, 404, 413, 422, 429, 500, 503, 504)
 }
 _HEALTH_ERRORS = {status: {"model": ErrorResponse} for status in (503,)}
+ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/usage"})
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
                           "/openapi.json"})
 # Documents the Bearer scheme in OpenAPI; the key is checked by `EdgeMiddleware`.
@@ -109,6 +110,13 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
 
+def _principal(request: Request) -> Principal:
+    # Set by EdgeMiddleware on every non-public path; anonymous only when auth is off.
+    return getattr(request.state, "principal", None) or Principal(ANONYMOUS, QuotaSettings())
+
+
+# Helpers used by the routes must be defined above this point: `serve.ingress` freezes a
+# copy of the app, with its endpoints' globals, when the class is decorated.
 @serve.deployment
 @serve.ingress(app)
 class RerankIngress:
@@ -130,7 +138,8 @@ class RerankIngress:
             authenticator=Authenticator(config.auth),
             max_body_bytes=config.limits.max_body_bytes,
             public_paths=PUBLIC_PATHS,
-            known_paths=frozenset(r.path for r in app.routes),
+            known_paths=ROUTES | PUBLIC_PATHS,
+            proxy_sets_request_id=True,
             observe=self._observe_access,
         )
 
@@ -338,7 +347,3 @@ class RerankIngress:
             name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()
         }
 
-
-def _principal(request: Request) -> Principal:
-    # Set by EdgeMiddleware on every non-public path; anonymous only when auth is off.
-    return getattr(request.state, "principal", None) or Principal(ANONYMOUS, QuotaSettings())
