@@ -73,6 +73,10 @@ class ModelDeploymentConfig(_Strict):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     max_query_tokens: int = Field(64, ge=1, le=500)
     max_ongoing_requests: int = Field(128, ge=1)
+    max_queued_requests: int = Field(
+        -1, ge=-1, description="Requests waiting for a replica beyond which callers get "
+        "503 overloaded (with Retry-After); -1 is unbounded."
+    )
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     batching: BatchingSettings = BatchingSettings()
 
@@ -98,6 +102,7 @@ class ModelDeploymentConfig(_Strict):
             "name": self.short_name,
             "ray_actor_options": {"num_gpus": self.num_gpus, "num_cpus": self.num_cpus},
             "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
             "autoscaling_config": self.autoscaling.model_dump(exclude_none=True),
             "user_config": self.batching.model_dump(),
         }
