@@ -25,7 +25,8 @@ from serve_app.errors import APIError, error_response
 REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_NAME = re.compile(r"^[A-Za-z0-9._:/+=-]{1,64}$")
 
-access_logger = logging.getLogger("rerank.access")
+# A child of "ray.serve", so Serve writes the lines to each ingress replica's log file.
+access_logger = logging.getLogger("ray.serve.rerank_access")
 
 
 @dataclass

@@ -10,6 +10,8 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import FastAPI, Security
 from fastapi.exceptions import RequestValidationError
@@ -54,6 +56,7 @@ from serve_app.truncation import DocumentTruncator
 from serve_app.usage import UsageRecord
 
 logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 READY_TIMEOUT_S = 5.0
 LEDGER_TIMEOUT_S = 10.0
@@ -108,6 +111,26 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
+
+
+async def call_model(response: Awaitable[T], model: str, timeout_s: float) -> T:
+    """Await a model deployment's answer; its failures become 504 or 503 `APIError`s."""
+    try:
+        return await asyncio.wait_for(response, timeout=timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(504, "timeout", f"{model} did not answer within {timeout_s:g}s") from None
+    except BackPressureError:
+        raise APIError(
+            503, "overloaded", f"{model} is at capacity; retry", headers={"Retry-After": "1"}
+        ) from None
+    except Exception as e:  # a replica died or failed: the client may retry
+        logger.exception("scoring failed on %s", model)
+        raise APIError(
+            503,
+            "model_unavailable",
+            f"{model} could not score the request ({type(e).__name__}); retry",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def _principal(request: Request) -> Principal:
@@ -235,29 +258,10 @@ class RerankIngress:
         return result
 
     async def _score(self, model: str, query: str, texts: list[str]):
-        try:
-            return await asyncio.wait_for(
-                self.models[model].score.remote(query, texts),
-                timeout=self.config.limits.model_timeout_s,
-            )
-        except asyncio.TimeoutError:
-            raise APIError(
-                504, "timeout",
-                f"{model} did not answer within {self.config.limits.model_timeout_s:g}s",
-            ) from None
-        except BackPressureError:
-            raise APIError(
-                503, "overloaded", f"{model} is at capacity; retry",
-                headers={"Retry-After": "1"},
-            ) from None
-        except Exception as e:  # a replica died or failed: the client may retry
-            logger.exception("scoring failed on %s", model)
-            raise APIError(
-                503,
-                "model_unavailable",
-                f"{model} could not score the request ({type(e).__name__}); retry",
-                headers={"Retry-After": "1"},
-            ) from None
+        return await call_model(
+            self.models[model].score.remote(query, texts), model,
+            self.config.limits.model_timeout_s,
+        )
 
     async def _admit(self, principal: Principal, documents: int) -> None:
         quota = principal.quota

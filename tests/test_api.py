@@ -5,6 +5,7 @@ Two small models; one Serve instance for the module (the fuzz test shares it).""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -451,3 +452,34 @@ def test_fuzzing_the_openapi_finds_no_server_error(url):
         no_server_error()
     # It reached the models and the validators, not only the front door.
     assert 200 in statuses and 422 in statuses, sorted(set(statuses))
+
+
+def test_access_logs_are_json_lines_without_keys_or_text(url):
+    import glob
+    import os
+
+    import ray
+
+    secret_query = "confidential-query-text-7f3a"
+    secret_doc = "confidential-document-text-9c2e"
+    r = post(url, "/v1/rerank", {"query": secret_query, "documents": [secret_doc]},
+             headers={"X-Request-ID": "access-log-probe-1", "X-Client-Name": "probe"})
+    assert r.status_code == 200
+    logs = os.path.join(ray._private.worker.global_worker.node.get_logs_dir_path(), "serve")
+
+    def probe_line() -> dict | None:
+        for path in glob.glob(os.path.join(logs, "replica_rerank_RerankIngress_*.log")):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if '"request_id":"access-log-probe-1"' in line:
+                        return json.loads(line[line.index('{"event"'):])
+        return None
+
+    wait_until(lambda: probe_line() is not None, 30, "the access log line")
+    line = probe_line()
+    assert line["key_id"] == "main" and line["status"] == 200 and line["documents"] == 1
+    assert line["path"] == "/v1/rerank" and line["client_name"] == "probe"
+    for path in glob.glob(os.path.join(logs, "*.log")):
+        text = open(path, encoding="utf-8", errors="replace").read()
+        for secret in (*KEYS.values(), secret_query, secret_doc):
+            assert secret not in text, (path, secret)
