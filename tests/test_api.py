@@ -383,18 +383,21 @@ def test_ray_metrics_give_service_totals_across_ingress_replicas(url):
     base = _scrape()
     before = _total(base, "ray_rerank_documents_total", model=TINY)
     before_ok = _total(base, "ray_rerank_requests_total", model=TINY, status="200")
+    before_401 = _total(base, "ray_rerank_requests_total", status="401")
     bodies = [{"model": TINY, "query": f"q{i}", "documents": ["a"] * (1 + i % 4)}
               for i in range(12)]
     with ThreadPoolExecutor(max_workers=6) as pool:
         assert all(r.status_code == 200 for r in pool.map(
             lambda b: post(url, "/v1/rerank", b), bodies))
     sent = sum(len(b["documents"]) for b in bodies)
+    assert post(url, "/v1/rerank", bodies[0], key=None).status_code == 401
 
     def settled() -> bool:
         s = _scrape()
         return (_total(s, "ray_rerank_documents_total", model=TINY) == before + sent
                 and _total(s, "ray_rerank_requests_total", model=TINY, status="200")
-                == before_ok + len(bodies))
+                == before_ok + len(bodies)
+                and _total(s, "ray_rerank_requests_total", status="401") == before_401 + 1)
 
     wait_until(settled, 60, "Ray's metrics agent to export the counts")
     samples = _scrape()
@@ -402,12 +405,19 @@ def test_ray_metrics_give_service_totals_across_ingress_replicas(url):
     assert {"ray_rerank_request_duration_seconds_bucket", "ray_rerank_tokens_total",
             "ray_rerank_model_call_duration_seconds_bucket",
             "ray_rerank_request_documents_bucket",
-            "ray_serve_deployment_request_counter_total"} <= names
+            # Serve's own, documented in docs/api.md: queueing, batch sizes, replicas.
+            "ray_serve_deployment_request_counter_total",
+            "ray_serve_deployment_processing_latency_ms_bucket",
+            "ray_serve_batch_wait_time_ms_bucket", "ray_serve_batch_execution_time_ms_bucket",
+            "ray_serve_actual_batch_size_bucket", "ray_serve_deployment_replica_healthy",
+            } <= names, sorted(n for n in names if "serve" in n or "rerank" in n)
+    healthy = {dict(ls).get("deployment"): v for (n, ls), v in samples.items()
+               if n == "ray_serve_deployment_replica_healthy"}
+    assert healthy.get("RerankIngress") is not None
     # Series come from more than one ingress replica: summing them is what gives totals.
     replicas = {dict(ls).get("replica") for (n, ls) in samples
                 if n == "ray_rerank_requests_total"}
     assert len(replicas - {None}) >= 2
-    assert _total(samples, "ray_rerank_requests_total", status="401") >= 1
 
 
 # -- OpenAPI and fuzzing -----------------------------------------------------------------
