@@ -29,3 +29,18 @@ def check_limits(limits: LimitsConfig, call: RerankCall, documents_field: str) -
         raise APIError(
             422, "invalid_request", f"top_n: must be at most {limits.max_top_n}", "top_n"
         )
+    # JSON can carry lone UTF-16 surrogates ("\ud800"); no tokenizer can encode them.
+    for param, text in (("query", call.query),
+                        *((f"{documents_field}.{i}", t) for i, t in enumerate(call.texts))):
+        if not _is_unicode(text):
+            raise APIError(
+                422, "invalid_request", f"{param}: text contains an unpaired surrogate", param
+            )
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

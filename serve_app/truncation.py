@@ -21,6 +21,8 @@ class DocumentTruncator:
 
     def truncate(self, texts: list[str], max_tokens: int) -> list[str]:
         """Each text cut after its `max_tokens`-th token (at that token's end offset)."""
+        if max_tokens >= self.tokenizer.model_max_length:
+            return texts  # the engine cuts pairs at the model's length anyway
         encoded = self.tokenizer(
             texts,
             add_special_tokens=False,

@@ -247,6 +247,13 @@ def test_limits_are_enforced_with_clear_errors(url):
 
     assert_error(post(url, "/v1/rerank", chunked(),
                       headers={"content-type": "application/json"}), 413, "request_too_large")
+    # Client input that no tokenizer can take is a 422, not a failed model replica.
+    assert_error(post(url, "/v1/rerank", '{"query": "q", "documents": ["ok", "a\\ud800"]}',
+                      headers={"content-type": "application/json"}),
+                 422, "invalid_request", "documents.1")
+    huge = post(url, "/v2/rerank", {"query": "q", "documents": ["d"],
+                                    "max_tokens_per_doc": 10**30})
+    assert huge.status_code == 200, huge.text
     # top_n beyond the documents returns them all; empty strings are scored.
     ok = post(url, "/v1/rerank", {"query": "q", "documents": ["", "d"], "top_n": 40})
     assert ok.status_code == 200 and len(ok.json()["results"]) == 2

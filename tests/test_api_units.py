@@ -241,6 +241,16 @@ def test_limits_name_the_field():
     assert LimitsConfig().max_documents_per_request == 1000
 
 
+def test_unpaired_surrogates_are_rejected_not_sent_to_a_tokenizer():
+    limits = LimitsConfig()
+    check_limits(limits, call(["naïve café 😀", ""], query="émile"), "documents")
+    for bad, param in [(call(["ok", "a \ud800 b"]), "documents.1"),
+                       (call(["ok"], query="\udfff"), "query")]:
+        with pytest.raises(APIError) as e:
+            check_limits(limits, bad, "documents")
+        assert (e.value.status, e.value.param) == (422, param)
+
+
 def test_prices_per_model_accept_aliases_and_default():
     pricing = PricingConfig(usd_per_1k_documents={"cross-encoder/ms-marco-MiniLM-L-6-v2": 0.02})
     assert pricing.price(L6) == 0.02 and pricing.price(TINY) == 0.008
@@ -300,6 +310,7 @@ def test_truncation_cuts_after_n_tokens_and_keeps_short_texts():
     texts = ["Paris is the capital of France.", "short", ""]
     assert truncator.truncate(texts, 3) == ["Paris is the", "short", ""]
     assert truncator.truncate(["one two three"], 3) == ["one two three"]
+    assert truncator.truncate(texts, 10**30) == texts  # no-op at or above the model's 512
 
 
 # -- HTTP edge ---------------------------------------------------------------------------
