@@ -150,6 +150,13 @@ def test_cohere_v2_sdk_works_unchanged(url):
     ours = post(url, "/v1/rerank", {"model": TINY, "query": QUERY, "documents": DOCS}).json()
     assert [r.index for r in response.results] == [r["index"] for r in ours["results"][:3]]
 
+    # The v1 client (POST /v1/rerank), with object documents and returned documents.
+    v1 = cohere.Client(api_key=KEYS["main"], base_url=url)
+    old = v1.rerank(model=TINY, query=QUERY, documents=[{"text": d} for d in DOCS],
+                    top_n=3, return_documents=True)
+    assert [r.index for r in old.results] == [r.index for r in response.results]
+    assert [r.document.text for r in old.results] == [DOCS[r.index] for r in old.results]
+
     bad = cohere.ClientV2(api_key="wrong", base_url=url)
     with pytest.raises(cohere.errors.UnauthorizedError):
         bad.rerank(model=TINY, query=QUERY, documents=DOCS)
