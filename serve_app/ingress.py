@@ -53,7 +53,7 @@ from serve_app.schemas import (
     UsageResponse,
 )
 from serve_app.truncation import DocumentTruncator
-from serve_app.usage import UsageRecord
+from serve_app.usage import RecordBatcher, UsageRecord
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -155,6 +155,7 @@ class RerankIngress:
         self.models = model_handles
         self.deployment_names = {m.name: m.short_name for m in config.models}
         self.ledger = ledger
+        self.recorder = RecordBatcher(lambda records: self._ledger_call("record", records))
         self.metrics = RerankMetrics()
         self.truncator = DocumentTruncator()
         self.edge_policy = EdgePolicy(
@@ -243,8 +244,7 @@ class RerankIngress:
             total_tokens=scored.total_tokens,
         )
         # Billed before answering: a request the ledger has not counted is not served.
-        await self._ledger_call(
-            "record",
+        await self.recorder.record(
             UsageRecord(
                 request_id=result.id,
                 key_id=principal.key_id,

@@ -34,13 +34,18 @@ class UsageLedger:
     async def admit(self, key_id: str, quota: QuotaSettings, documents: int) -> Admission:
         return self.quotas.admit(key_id, quota, documents, time.monotonic())
 
-    async def record(self, record: UsageRecord) -> bool:
-        """Count a successful request once; a repeat of the same request id is a no-op."""
-        if self.book.seen(record.request_id):
-            return False
-        if self.journal is not None:
-            self.journal.append(record)  # durable first, then counted
-        return self.book.record(record)
+    async def record(self, records: list[UsageRecord]) -> list[bool]:
+        """Count successful requests once each; a repeated request id is a no-op (False)."""
+        is_new, ids = [], set()
+        for r in records:
+            is_new.append(not self.book.seen(r.request_id) and r.request_id not in ids)
+            ids.add(r.request_id)
+        fresh = [r for r, new in zip(records, is_new) if new]
+        if self.journal is not None and fresh:
+            self.journal.append(fresh)  # durable first, then counted
+        for r in fresh:
+            self.book.record(r)
+        return is_new
 
     async def usage(self, key_id: str) -> dict:
         return self.book.totals(key_id)

@@ -10,9 +10,11 @@ replayed when the ledger starts, so a ledger restart loses nothing either.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -116,14 +118,61 @@ class UsageJournal:
                 counted += book.record(record)
         return counted
 
-    def append(self, record: UsageRecord) -> None:
-        self._file.write(json.dumps(asdict(record), separators=(",", ":")) + "\n")
+    def append(self, records: list[UsageRecord]) -> None:
+        """Write `records`, then flush (and fsync) once for all of them."""
+        self._file.write("".join(
+            json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in records
+        ))
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
+
+
+class RecordBatcher:
+    """Coalesces one ingress replica's concurrent records into one ledger call.
+
+    While a call is in flight, new records queue; the next call takes them all. So an idle
+    service sends each record at once, and a busy one sends few, large calls: the single
+    ledger replica sees calls per ingress, not per request. Each `record` still returns
+    only after the ledger has counted it (or raises what the ledger call raised).
+    """
+
+    def __init__(
+        self, send: Callable[[list[UsageRecord]], Awaitable[list[bool]]], max_batch: int = 512
+    ):
+        self._send = send
+        self._max_batch = max_batch
+        self._pending: list[tuple[UsageRecord, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task | None = None
+
+    async def record(self, record: UsageRecord) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                counted = await self._send([record for record, _ in batch])
+            except Exception as e:  # every waiter of this batch gets the failure
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            except asyncio.CancelledError:
+                for _, future in batch + self._pending:
+                    future.cancel()
+                raise
+            for (_, future), was_counted in zip(batch, counted):
+                if not future.done():
+                    future.set_result(was_counted)
 
 
 def _last_byte(path: Path) -> bytes:

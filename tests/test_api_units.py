@@ -36,7 +36,7 @@ from serve_app.http_edge import AccessRecord, EdgeMiddleware, EdgePolicy
 from serve_app.limits import check_limits
 from serve_app.quotas import QuotaBook, TokenBucket
 from serve_app.truncation import DocumentTruncator
-from serve_app.usage import UsageBook, UsageJournal, UsageRecord
+from serve_app.usage import RecordBatcher, UsageBook, UsageJournal, UsageRecord
 
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
 L6 = "cross-encoder/ms-marco-MiniLM-L6-v2"
@@ -208,7 +208,7 @@ def test_journal_replay_restores_totals_and_skips_a_torn_line(tmp_path):
     path = tmp_path / "state" / "usage.jsonl"
     journal, book = UsageJournal(path), UsageBook()
     for r in (record("r1", 4), record("r2", 5, model=TINY, price=0.004)):
-        journal.append(r)
+        journal.append([r])
         book.record(r)
     journal.close()
     with open(path, "a") as f:
@@ -216,11 +216,59 @@ def test_journal_replay_restores_totals_and_skips_a_torn_line(tmp_path):
     reopened, replayed = UsageJournal(path), UsageBook()
     assert reopened.replay_into(replayed) == 2
     assert replayed.totals("alice") == book.totals("alice")
-    reopened.append(record("r3", 1))  # starts on a fresh line after the torn one
+    reopened.append([record("r3", 1)])  # starts on a fresh line after the torn one
     reopened.close()
     again = UsageBook()
     assert UsageJournal(path).replay_into(again) == 3
     assert again.seen("r1") and again.totals("alice")["documents"] == 10
+
+
+@pytest.mark.anyio
+async def test_ledger_counts_each_id_once_within_and_across_calls_and_replays(tmp_path):
+    from serve_app.config import UsageConfig
+    from serve_app.ledger import UsageLedger
+
+    config = UsageConfig(journal_path=str(tmp_path / "usage.jsonl"))
+    ledger = UsageLedger.func_or_class(config)
+    assert await ledger.record([record("a", 2), record("b", 3), record("a", 2)]) == [
+        True, True, False]
+    assert await ledger.record([record("b", 3), record("c", 1)]) == [False, True]
+    assert (await ledger.usage("alice"))["documents"] == 6
+    restarted = UsageLedger.func_or_class(config)  # a new replica replays the journal
+    assert await restarted.usage("alice") == await ledger.usage("alice")
+    assert await restarted.record([record("c", 1)]) == [False]
+
+
+@pytest.mark.anyio
+async def test_record_batcher_coalesces_concurrent_records_and_shares_failures():
+    import asyncio
+
+    calls: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def send(records: list[UsageRecord]) -> list[bool]:
+        calls.append([r.request_id for r in records])
+        await release.wait()
+        if any(r.request_id == "poison" for r in records):
+            raise APIError(503, "ledger_unavailable", "down")
+        return [not r.request_id.startswith("dup") for r in records]
+
+    batcher = RecordBatcher(send)
+    first = asyncio.create_task(batcher.record(record("r0", 1)))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(batcher.record(record(rid, 1)))
+            for rid in ("r1", "dup2", "r3")]
+    await asyncio.sleep(0)
+    release.set()
+    assert await first is True
+    assert [await t for t in rest] == [True, False, True]
+    assert calls == [["r0"], ["r1", "dup2", "r3"]]  # one call for all that queued meanwhile
+
+    failing = [asyncio.create_task(batcher.record(record(rid, 1))) for rid in ("poison", "x")]
+    for task in failing:
+        with pytest.raises(APIError):
+            await task
+    assert await batcher.record(record("after", 1)) is True  # the batcher keeps working
 
 
 # -- limits, pricing ---------------------------------------------------------------------
