@@ -21,9 +21,7 @@ def build_app(args: dict[str, Any]) -> Application:
     models = {
         m.name: RerankModel.options(**m.deployment_options()).bind(m) for m in config.models
     }
-    ledger = UsageLedger.options(ray_actor_options={"num_cpus": config.usage.num_cpus}).bind(
-        config.usage
-    )
+    ledger = UsageLedger.options(**config.usage.deployment_options()).bind(config.usage)
     return RerankIngress.options(**config.ingress.deployment_options()).bind(
         config, models, ledger
     )

@@ -196,8 +196,16 @@ class UsageConfig(_Strict):
         description="Append-only JSON-lines journal of billed requests; the ledger replays it "
         "when it (re)starts. Without it, totals live only in the ledger's memory.",
     )
-    fsync: bool = Field(False, description="fsync the journal after every record.")
+    fsync: bool = Field(False, description="fsync the journal after every ledger write.")
     num_cpus: float = Field(0.1, ge=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources for the ledger replica, e.g. to pin it to the node "
+        "whose disk holds the journal.",
+    )
+
+    def deployment_options(self) -> dict[str, Any]:
+        return {"ray_actor_options": {"num_cpus": self.num_cpus, "resources": self.resources}}
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
