@@ -73,6 +73,10 @@ class ModelDeploymentConfig(_Strict):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     max_query_tokens: int = Field(64, ge=1, le=500)
     max_ongoing_requests: int = Field(128, ge=1)
+    max_queued_requests: int = Field(
+        -1, ge=-1, description="Requests waiting for a replica beyond which callers get "
+        "503 overloaded (with Retry-After); -1 is unbounded."
+    )
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     batching: BatchingSettings = BatchingSettings()
 
@@ -108,6 +112,7 @@ class ModelDeploymentConfig(_Strict):
             "name": self.short_name,
             "ray_actor_options": {"num_gpus": self.num_gpus, "num_cpus": self.num_cpus},
             "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
             "autoscaling_config": self.autoscaling.model_dump(exclude_none=True),
             "user_config": self.batching.model_dump(),
         }
@@ -190,6 +195,90 @@ class RoutingSettings(_Strict):
         0.5, gt=0, description="How often the ingress polls each model's stats."
     )
 
+class QuotaSettings(_Strict):
+    """Per-key admission limits; `None` means unlimited. Enforced by the usage ledger,
+    so they hold across every ingress replica."""
+
+    requests_per_second: float | None = Field(None, gt=0)
+    documents_per_minute: int | None = Field(None, ge=1)
+
+
+class ApiKeyConfig(_Strict):
+    id: str = Field(min_length=1, description="Public key id: appears in usage and logs.")
+    sha256: str = Field(
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Hex SHA-256 of the key (`rerank-hash-key`); the key itself is never stored.",
+    )
+    quota: QuotaSettings | None = Field(None, description="Overrides `auth.default_quota`.")
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+
+class AuthConfig(_Strict):
+    enabled: bool = Field(
+        True, description="Off only for a local demo: every caller is then `anonymous`."
+    )
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+    keys_env: str | None = Field(
+        None,
+        description="Name of an environment variable (on the ingress nodes) holding more keys: "
+        "`id:sha256[,id:sha256...]`, or a JSON list of `keys` entries.",
+    )
+    default_quota: QuotaSettings = QuotaSettings()
+
+
+class LimitsConfig(_Strict):
+    max_documents_per_request: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    max_query_chars: int = Field(
+        8192, ge=1,
+        description="Longer queries are rejected (422). Within it, the query is truncated to "
+        "the model's `max_query_tokens` before scoring.",
+    )
+    max_top_n: int | None = Field(
+        None, ge=1, description="Upper bound on `top_n`; `top_n` above the document count "
+        "returns every document.",
+    )
+    model_timeout_s: float = Field(60.0, gt=0, description="Scoring slower than this is a 504.")
+
+
+class PricingConfig(_Strict):
+    default_usd_per_1k_documents: float = Field(0.008, ge=0)
+    usd_per_1k_documents: dict[str, float] = Field(
+        default_factory=dict, description="Per-model prices (catalog name or alias)."
+    )
+
+    @field_validator("usd_per_1k_documents")
+    @classmethod
+    def _canonical_names(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(price < 0 for price in v.values()):
+            raise ValueError("prices must not be negative")
+        return {canonical_model_name(k): price for k, price in v.items()}
+
+    def price(self, model: str) -> float:
+        return self.usd_per_1k_documents.get(model, self.default_usd_per_1k_documents)
+
+
+class UsageConfig(_Strict):
+    journal_path: str | None = Field(
+        None,
+        description="Append-only JSON-lines journal of billed requests; the ledger replays it "
+        "when it (re)starts. Without it, totals live only in the ledger's memory.",
+    )
+    fsync: bool = Field(False, description="fsync the journal after every ledger write.")
+    num_cpus: float = Field(0.1, ge=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources for the ledger replica, e.g. to pin it to the node "
+        "whose disk holds the journal.",
+    )
+
+    def deployment_options(self) -> dict[str, Any]:
+        return {"ray_actor_options": {"num_cpus": self.num_cpus, "resources": self.resources}}
+
 
 def _deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
@@ -213,6 +302,10 @@ class AppConfig(_Strict):
     )
     ingress: IngressConfig = IngressConfig()
     routing: RoutingSettings = RoutingSettings()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    pricing: PricingConfig = PricingConfig()
+    usage: UsageConfig = UsageConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -1,50 +1,93 @@
 """The HTTP ingress: parses and validates requests, asks the router which model serves
 them, calls that model's deployment and shapes the response. No model code here.
+
+In front of every route, `EdgeMiddleware` (http_edge.py) assigns request ids, enforces
+the body limit and API keys and writes access logs. Quotas and billing go to the usage
+ledger (ledger.py), one replica shared by every ingress replica.
 """
 
 import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPBearer
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve_app import __version__
+from serve_app.auth import ANONYMOUS, Authenticator, Principal
 from serve_app.catalog import ORGANISATION, load_catalog
-from serve_app.config import AppConfig
+from serve_app.compat import (
+    CohereV2RerankRequest,
+    RerankCall,
+    Reranked,
+    TEIRerankRequest,
+    TEIRerankResult,
+    as_rerank_request,
+    call_from_rerank_request,
+    call_from_tei,
+    rerank_response,
+    tei_response,
+)
+from serve_app.config import AppConfig, QuotaSettings
 from serve_app.dispatch import Dispatcher
-from serve_app.tokenization import EncodedPairs, PairEncoder
 from serve_app.errors import APIError, error_response
+from serve_app.http_edge import AccessRecord, EdgeMiddleware, EdgePolicy, access_logger
+from serve_app.limits import check_limits
+from serve_app.metrics import RerankMetrics
 from serve_app.stats_collector import LoadBoard, StatsPoller
+from serve_app.tokenization import EncodedPairs, PairEncoder
 from serve_app.schemas import (
-    Document,
     ErrorResponse,
     ModelEntry,
     ModelList,
     RerankRequest,
     RerankResponse,
-    RerankResult,
-    Usage,
+    UsageResponse,
 )
+from serve_app.truncation import DocumentTruncator
+from serve_app.usage import RecordBatcher, UsageRecord
 
 logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 READY_TIMEOUT_S = 5.0
 TOKENIZER_THREADS = 4
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 422, 503)}
+LEDGER_TIMEOUT_S = 10.0
+_ERRORS = {
+    status: {"model": ErrorResponse}
+    for status in (400, 401, 404, 413, 422, 429, 500, 503, 504)
+}
+_HEALTH_ERRORS = {status: {"model": ErrorResponse} for status in (503,)}
+ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/usage"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/openapi.json"})
+# Documents the Bearer scheme in OpenAPI; the key is checked by `EdgeMiddleware`.
+_bearer = Security(HTTPBearer(auto_error=False, description="An API key from the operator."))
 
 app = FastAPI(
     title="Rerank API",
     version=__version__,
     description="Cross-encoder reranking (cross-encoder/ms-marco v2 family) on Ray Serve.",
 )
+
+
+def _edge_policy() -> EdgePolicy:
+    return serve.get_replica_context().servable_object.edge_policy
+
+
+app.add_middleware(EdgeMiddleware, resolve_policy=_edge_policy)
 
 
 @app.exception_handler(APIError)
@@ -88,10 +131,42 @@ def load_encoders(config: AppConfig) -> dict[str, PairEncoder]:
     return encoders
 
 
+async def call_model(response: Awaitable[T], model: str, timeout_s: float) -> T:
+    """Await a model deployment's answer; its failures become 504 or 503 `APIError`s."""
+    try:
+        return await asyncio.wait_for(response, timeout=timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(504, "timeout", f"{model} did not answer within {timeout_s:g}s") from None
+    except BackPressureError:
+        raise APIError(
+            503, "overloaded", f"{model} is at capacity; retry", headers={"Retry-After": "1"}
+        ) from None
+    except Exception as e:  # a replica died or failed: the client may retry
+        logger.exception("scoring failed on %s", model)
+        raise APIError(
+            503,
+            "model_unavailable",
+            f"{model} could not score the request ({type(e).__name__}); retry",
+            headers={"Retry-After": "1"},
+        ) from None
+
+
+def _principal(request: Request) -> Principal:
+    # Set by EdgeMiddleware on every non-public path; anonymous only when auth is off.
+    return getattr(request.state, "principal", None) or Principal(ANONYMOUS, QuotaSettings())
+
+
+# Helpers used by the routes must be defined above this point: `serve.ingress` freezes a
+# copy of the app, with its endpoints' globals, when the class is decorated.
 @serve.deployment
 @serve.ingress(app)
 class RerankIngress:
-    def __init__(self, config: AppConfig, model_handles: dict[str, DeploymentHandle]):
+    def __init__(
+        self,
+        config: AppConfig,
+        model_handles: dict[str, DeploymentHandle],
+        ledger: DeploymentHandle,
+    ):
         self.config = config
         self.catalog = load_catalog()
         self.models = model_handles
@@ -111,54 +186,163 @@ class RerankIngress:
             config, self.catalog, self.encoders, self._tokenize_pool, self._score,
             self.load_board,
         )
+        self.ledger = ledger
+        self.recorder = RecordBatcher(lambda records: self._ledger_call("record", records))
+        self.metrics = RerankMetrics()
+        self.truncator = DocumentTruncator()
+        self.edge_policy = EdgePolicy(
+            authenticator=Authenticator(config.auth),
+            max_body_bytes=config.limits.max_body_bytes,
+            public_paths=PUBLIC_PATHS,
+            known_paths=ROUTES | PUBLIC_PATHS,
+            proxy_sets_request_id=True,
+            observe=self._observe_access,
+        )
+
+    def _observe_access(self, record: AccessRecord) -> None:
+        access_logger.info(record.log_line())
+        self.metrics.observe_access(record)
 
     @app.post(
         "/v1/rerank",
         response_model=RerankResponse,
         response_model_exclude_none=True,
         responses=_ERRORS,
+        dependencies=[_bearer],
     )
-    async def rerank(self, body: RerankRequest, response: Response) -> RerankResponse:
+    async def rerank(
+        self, body: RerankRequest, request: Request, response: Response
+    ) -> RerankResponse:
+        """Rerank `documents` by relevance to `query` (Cohere v1 and Jina field names).
+        `"model": "auto"` with a budget, or `"cascade"`, lets the server choose."""
+        result = await self._rerank(request, response, body, "documents")
+        return rerank_response(result, body.return_documents)
+
+    @app.post(
+        "/v2/rerank",
+        response_model=RerankResponse,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        dependencies=[_bearer],
+    )
+    async def rerank_v2(
+        self, body: CohereV2RerankRequest, request: Request, response: Response
+    ) -> RerankResponse:
+        """Cohere v2 rerank: documents are returned only with `return_documents: true`."""
+        result = await self._rerank(request, response, body, "documents")
+        return rerank_response(result, body.return_documents)
+
+    @app.post(
+        "/rerank",
+        response_model=list[TEIRerankResult],
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        dependencies=[_bearer],
+    )
+    async def rerank_tei(
+        self, body: TEIRerankRequest, request: Request, response: Response
+    ) -> list[TEIRerankResult]:
+        """Hugging Face text-embeddings-inference rerank: a bare array, best first."""
+        result = await self._rerank(request, response, body, "texts")
+        return tei_response(result, body.return_text)
+
+    @app.get("/v1/usage", response_model=UsageResponse, responses=_ERRORS, dependencies=[_bearer])
+    async def usage(self, request: Request) -> UsageResponse:
+        """The calling key's totals since the ledger's journal began."""
+        totals = await self._ledger_call("usage", _principal(request).key_id)
+        return UsageResponse.model_validate(totals)
+
+    async def _rerank(
+        self,
+        request: Request,
+        response: Response,
+        body: RerankRequest | TEIRerankRequest,
+        documents_field: str,
+    ) -> Reranked:
         self.stats_poller.ensure_started()
-        texts = body.document_texts()
-        outcome = await self.dispatcher.rerank(body, texts)
+        call = call_from_tei(body) if isinstance(body, TEIRerankRequest) else (
+            call_from_rerank_request(body)
+        )
+        check_limits(self.config.limits, call, documents_field)
+        request.state.documents = len(call.texts)
+        principal = _principal(request)
+        await self._admit(principal, len(call.texts))
+
+        texts = call.texts
+        if call.max_tokens_per_doc is not None:
+            texts = await asyncio.to_thread(self.truncator.truncate, texts, call.max_tokens_per_doc)
+        started = time.perf_counter()
+        outcome = await self.dispatcher.rerank(as_rerank_request(body), texts)
+        model_seconds = time.perf_counter() - started
+        request.state.model = outcome.model
         response.headers["x-rerank-model"] = outcome.served_by
-        return RerankResponse(
+
+        result = Reranked(
             id=f"rerank-{uuid.uuid4().hex}",
             model=outcome.model,
-            results=[
-                RerankResult(
-                    index=i,
-                    relevance_score=score,
-                    document=Document(text=texts[i]) if body.return_documents else None,
-                )
-                for i, score in outcome.ranked
-            ],
-            usage=Usage(documents=outcome.documents, total_tokens=outcome.total_tokens),
+            ranked=outcome.ranked,
+            texts=call.texts,
+            documents=outcome.documents,
+            total_tokens=outcome.total_tokens,
             routing=outcome.routing,
         )
+        # Billed before answering: a request the ledger has not counted is not served.
+        await self.recorder.record(
+            UsageRecord(
+                request_id=result.id,
+                key_id=principal.key_id,
+                model=outcome.model,
+                documents=outcome.documents,
+                tokens=outcome.total_tokens,
+                usd_per_1k_documents=self.config.pricing.price(outcome.model),
+            ),
+        )
+        self.metrics.observe_scored(
+            outcome.model, outcome.documents, outcome.total_tokens, model_seconds
+        )
+        return result
 
     async def _score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
-        try:
-            return await self.models[model].score.remote(pairs)
-        except Exception as e:  # a replica died or failed: the client may retry
-            logger.exception("scoring failed on %s", model)
-            raise APIError(
-                503,
-                "model_unavailable",
-                f"{model} could not score the request ({type(e).__name__}); retry",
-                headers={"Retry-After": "1"},
-            ) from None
+        return await call_model(
+            self.models[model].score.remote(pairs), model, self.config.limits.model_timeout_s
+        )
 
-    @app.get("/v1/routing")
+    @app.get("/v1/routing", dependencies=[_bearer])
     async def routing_state(self) -> dict:
         """What budget routing sees now: per-model measured rate, queue and stats age;
         default budget, cascade, splits and shadow agreement so far."""
         self.stats_poller.ensure_started()
         return self.dispatcher.describe()
 
-    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+    async def _admit(self, principal: Principal, documents: int) -> None:
+        quota = principal.quota
+        if quota.requests_per_second is None and quota.documents_per_minute is None:
+            return
+        admission = await self._ledger_call("admit", principal.key_id, quota, documents)
+        if not admission.allowed:
+            raise APIError(
+                429, "rate_limited", admission.reason,
+                headers={"Retry-After": admission.retry_after_header},
+            )
+
+    async def _ledger_call(self, method: str, *args):
+        """Call the usage ledger, retrying while it restarts; records are idempotent."""
+        deadline = time.monotonic() + LEDGER_TIMEOUT_S
+        while True:
+            try:
+                return await getattr(self.ledger, method).remote(*args)
+            except Exception as e:
+                if time.monotonic() >= deadline:
+                    logger.error("usage ledger unavailable for %s: %s", method, type(e).__name__)
+                    raise APIError(
+                        503, "ledger_unavailable", "usage accounting is unavailable; retry",
+                        headers={"Retry-After": "1"},
+                    ) from None
+                await asyncio.sleep(0.2)
+
+    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS, dependencies=[_bearer])
     async def list_models(self) -> ModelList:
+        """The models served, with catalog metadata and running replicas."""
         infos = await asyncio.gather(
             *(self._describe(name) for name in self.config.enabled_models)
         )
@@ -183,10 +367,12 @@ class RerankIngress:
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
+        """Alive; needs no key."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses=_ERRORS)
+    @app.get("/readyz", responses=_HEALTH_ERRORS)
     async def readyz(self) -> JSONResponse:
+        """Every model can serve (503 otherwise); needs no key."""
         names = self.config.enabled_models
         infos = await asyncio.gather(*(self._describe(n) for n in names))
         not_ready = [n for n, info in zip(names, infos) if not info]
@@ -219,3 +405,4 @@ class RerankIngress:
         return {
             name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()
         }
+

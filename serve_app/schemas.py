@@ -82,6 +82,10 @@ class RerankRequest(BaseModel):
     cascade: CascadeRequest | None = Field(
         None, description="Two-stage cascade (with `\"model\": \"cascade\"` or no model)."
     )
+    max_tokens_per_doc: StrictInt | None = Field(
+        None, ge=1, description="Cohere: cut each document to this many tokens before scoring "
+        "(pairs are cut at the model's 512 tokens regardless)."
+    )
 
     def document_texts(self) -> list[str]:
         return [d.text for d in self.documents]
@@ -103,6 +107,12 @@ class RoutingInfo(BaseModel):
     predicted_ms: float | None = Field(None, description="Predicted queue wait + service time.")
     budget_met: bool | None = Field(None, description="Prediction within `max_latency_ms`.")
     stages: list[str] | None = Field(None, description="Cascade only: first, second model.")
+class BilledUnits(BaseModel):
+    search_units: int = Field(description="Cohere's unit: one per 100 documents, rounded up.")
+
+
+class ResponseMeta(BaseModel):
+    billed_units: BilledUnits
 
 
 class RerankResponse(BaseModel):
@@ -111,6 +121,7 @@ class RerankResponse(BaseModel):
     results: list[RerankResult]
     usage: Usage
     routing: RoutingInfo | None = None
+    meta: ResponseMeta | None = None
 
 
 class ModelEntry(BaseModel):
@@ -142,3 +153,15 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class UsageTotals(BaseModel):
+    requests: int
+    documents: int = Field(description="Documents scored: the billed unit.")
+    tokens: int
+    cost_usd: float
+
+
+class UsageResponse(UsageTotals):
+    key_id: str
+    models: dict[str, UsageTotals] = Field(description="The same totals per model.")

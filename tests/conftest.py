@@ -47,6 +47,7 @@ def app_args(root: Path, models: list[str], **overrides: Any) -> dict:
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},
         },
         "ingress": {"num_cpus": 0.1},
+        "auth": {"enabled": False},
         "models": [{"name": m, "source": checkpoint_path(root, m)} for m in models],
     }
     args.update(overrides)
@@ -65,9 +66,12 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def start_serve_app(args: dict, *, num_gpus: int = 1, num_cpus: int = 8) -> Iterator[str]:
+def start_serve_app(
+    args: dict, *, num_gpus: int = 1, num_cpus: int = 8, **ray_init_options: Any
+) -> Iterator[str]:
     """Start Ray (a new local instance, never an existing cluster) and Serve on a free
-    loopback port, deploy the app, wait for /readyz; yield the base URL; shut down."""
+    loopback port, deploy the app, wait for /readyz; yield the base URL; shut down.
+    `ray_init_options` go to `ray.init` (e.g. `_metrics_export_port`)."""
     import ray
     from ray import serve
 
@@ -79,6 +83,7 @@ def start_serve_app(args: dict, *, num_gpus: int = 1, num_cpus: int = 8) -> Iter
         num_gpus=num_gpus,
         include_dashboard=False,
         log_to_driver=False,
+        **ray_init_options,
     )
     try:
         port = free_port()
