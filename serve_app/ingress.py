@@ -19,6 +19,7 @@ from serve_app.catalog import ORGANISATION, UnknownModelError, load_catalog
 from serve_app.config import AppConfig
 from serve_app.errors import APIError, error_response
 from serve_app.ranking import rank
+from serve_app.resilience import ModelCaller
 from serve_app.router import ModelRouter
 from serve_app.schemas import (
     Document,
@@ -34,7 +35,7 @@ from serve_app.schemas import (
 logger = logging.getLogger("ray.serve")
 
 READY_TIMEOUT_S = 5.0
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 422, 503)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 422, 429, 503, 504)}
 
 app = FastAPI(
     title="Rerank API",
@@ -80,6 +81,7 @@ class RerankIngress:
         self.router = ModelRouter(self.catalog, config.enabled_models, config.default_model)
         self.models = model_handles
         self.deployment_names = {m.name: m.short_name for m in config.models}
+        self.model_caller = ModelCaller(config.ingress.model_calls)
 
     @app.post(
         "/v1/rerank",
@@ -98,16 +100,11 @@ class RerankIngress:
                 "model",
             ) from None
         texts = body.document_texts()
-        try:
-            scored = await self.models[decision.model].score.remote(body.query, texts)
-        except Exception as e:  # a replica died or failed: the client may retry
-            logger.exception("scoring failed on %s", decision.model)
-            raise APIError(
-                503,
-                "model_unavailable",
-                f"{decision.model} could not score the request ({type(e).__name__}); retry",
-                headers={"Retry-After": "1"},
-            ) from None
+        handle = self.models[decision.model]
+        # Retries once on a lost replica, sheds on a full queue, never hangs: resilience.py
+        scored = await self.model_caller.call(
+            decision.model, lambda: handle.score.remote(body.query, texts)
+        )
         ranked = rank(scored.logits, body.top_n, body.raw_scores)
         return RerankResponse(
             id=f"rerank-{uuid.uuid4().hex}",
