@@ -41,8 +41,9 @@ class FailureKind(enum.Enum):
 def classify_serve_error(exc: BaseException) -> FailureKind:
     if isinstance(exc, BackPressureError):
         return FailureKind.OVERLOADED
-    # ActorDiedError and ActorUnavailableError are RayActorErrors.
-    if isinstance(exc, (RayActorError, DeploymentUnavailableError)):
+    # ActorDiedError and ActorUnavailableError are RayActorErrors; a TimeoutError from
+    # inside the call (e.g. GetTimeoutError) means a replica did not respond.
+    if isinstance(exc, (RayActorError, DeploymentUnavailableError, TimeoutError)):
         return FailureKind.REPLICA_LOST
     return FailureKind.OTHER
 
@@ -78,7 +79,7 @@ class ModelCaller:
             )
             try:
                 result = await _within(make_call(), timeout_s)
-            except TimeoutError:
+            except _DeadlineExceeded:
                 if failing_over:
                     self.unavailable.add(model)
                     raise self._unavailable(model, f"no replica answered in {timeout_s}s")
@@ -122,16 +123,25 @@ class ModelCaller:
         )
 
 
+class _DeadlineExceeded(Exception):
+    """Our own deadline, kept apart from any TimeoutError raised inside the call."""
+
+
 async def _within(awaitable: Awaitable[T], timeout_s: float) -> T:
     """Await with a deadline; on expiry also cancel the request itself when it can be
     (a Serve `DeploymentResponse` can), so an abandoned call stops using the replica."""
+    task = asyncio.ensure_future(_awaited(awaitable))
     try:
-        return await asyncio.wait_for(_awaited(awaitable), timeout_s)
-    except TimeoutError:
-        cancel = getattr(awaitable, "cancel", None)
-        if callable(cancel):
-            cancel()
-        raise
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            cancel = getattr(awaitable, "cancel", None)
+            if callable(cancel):
+                cancel()
+            raise _DeadlineExceeded()
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 from ray.serve.exceptions import BackPressureError
 
 from serve_app.config import AppConfig, ModelCallSettings
@@ -57,6 +57,7 @@ def test_classifies_ray_serve_errors():
     assert classify_serve_error(BackPressureError(3, 3)) is FailureKind.OVERLOADED
     assert classify_serve_error(ActorDiedError()) is FailureKind.REPLICA_LOST
     assert classify_serve_error(ActorUnavailableError("gone", None)) is FailureKind.REPLICA_LOST
+    assert classify_serve_error(GetTimeoutError()) is FailureKind.REPLICA_LOST
     assert classify_serve_error(ValueError("bug")) is FailureKind.OTHER
 
 
@@ -116,6 +117,12 @@ def test_backpressure_is_shed_at_once_with_the_deployments_status_and_retry_afte
         assert err.value.status == status and err.value.type == "overloaded"
         assert err.value.headers == {"Retry-After": header}
         assert script.calls == 1
+
+
+def test_a_timeout_inside_the_call_is_a_lost_replica_not_our_deadline():
+    script = Script(GetTimeoutError(), "scores")
+    assert call(ModelCaller(FAST), script) == "scores"
+    assert script.calls == 2
 
 
 def test_other_failures_are_503_without_retry():
