@@ -55,9 +55,11 @@ def _retry_after(seconds: float) -> dict[str, str]:
 class ModelCaller:
     """Calls model deployments for the ingress under `ModelCallSettings`.
 
-    Remembers which models lost their last call for want of a replica; calls to them use
-    the failover deadline until one succeeds again, so clients get a quick 503 while a
-    node is gone and full service as soon as Serve has a replica back.
+    A model is marked unavailable when a call to it ran out of replicas (its retry failed
+    too). From then until a call succeeds, new calls get the failover deadline, and so do
+    calls already waiting (they would otherwise sit out the full deadline on a replica
+    that vanished with its node): clients get a quick 503 while no replica exists, and
+    full service as soon as Serve has one back.
     """
 
     def __init__(
@@ -68,23 +70,22 @@ class ModelCaller:
         self.settings = settings
         self.classify = classify
         self.unavailable: set[str] = set()
+        # Per model, one future per waiting call, resolved when the model is marked.
+        self._waiting: dict[str, set[asyncio.Future]] = {}
 
     async def call(self, model: str, make_call: Callable[[], Awaitable[T]]) -> T:
         """`make_call` starts one attempt (e.g. `lambda: handle.score.remote(...)`)."""
         failing_over = model in self.unavailable
         attempt = 0
         while True:
-            timeout_s = (
-                self.settings.failover_timeout_s if failing_over else self.settings.timeout_s
-            )
             try:
-                result = await _within(make_call(), timeout_s)
-            except _DeadlineExceeded:
-                if failing_over:
-                    self.unavailable.add(model)
-                    raise self._unavailable(model, f"no replica answered in {timeout_s}s")
+                result = await self._attempt(model, make_call(), failing_over)
+            except _DeadlineExceeded as late:
+                if late.failing_over:
+                    self._mark_unavailable(model)
+                    raise self._unavailable(model, f"no replica answered in {late.seconds}s")
                 raise APIError(
-                    504, "model_timeout", f"{model} did not answer within {timeout_s}s"
+                    504, "model_timeout", f"{model} did not answer within {late.seconds}s"
                 ) from None
             except Exception as exc:
                 kind = self.classify(exc)
@@ -96,11 +97,55 @@ class ModelCaller:
                         failing_over = True
                         logger.warning("%s: replica lost (%s); retrying", model, type(exc).__name__)
                         continue
-                    self.unavailable.add(model)
+                    self._mark_unavailable(model)
                 logger.warning("%s: call failed: %r", model, exc)
                 raise self._unavailable(model, f"could not score the request ({type(exc).__name__})")
             self.unavailable.discard(model)
             return result
+
+    def _mark_unavailable(self, model: str) -> None:
+        self.unavailable.add(model)
+        for waiter in self._waiting.pop(model, set()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _attempt(self, model: str, awaitable: Awaitable[T], failing_over: bool) -> T:
+        """One call under its deadline: `failover_timeout_s` when failing over (from the
+        start, or from the moment the model is marked unavailable), else `timeout_s`.
+        On expiry the request itself is cancelled too when it can be (a Serve
+        `DeploymentResponse` can), so an abandoned call stops using the replica."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(_awaited(awaitable))
+        marked = loop.create_future()
+        waiting_for: set[asyncio.Future] = {task}
+        timeout_s = self.settings.failover_timeout_s if failing_over else self.settings.timeout_s
+        if not failing_over:
+            self._waiting.setdefault(model, set()).add(marked)
+            waiting_for.add(marked)
+        deadline = loop.time() + timeout_s
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    waiting_for,
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if task in done:
+                    return task.result()
+                if marked not in done:
+                    break
+                failing_over = True
+                waiting_for = {task}
+                timeout_s = self.settings.failover_timeout_s
+                deadline = min(deadline, loop.time() + timeout_s)
+            cancel = getattr(awaitable, "cancel", None)
+            if callable(cancel):
+                cancel()
+            raise _DeadlineExceeded(timeout_s, failing_over)
+        finally:
+            self._waiting.get(model, set()).discard(marked)
+            if not task.done():
+                task.cancel()
 
     def _unavailable(self, model: str, why: str) -> APIError:
         return APIError(
@@ -126,22 +171,10 @@ class ModelCaller:
 class _DeadlineExceeded(Exception):
     """Our own deadline, kept apart from any TimeoutError raised inside the call."""
 
-
-async def _within(awaitable: Awaitable[T], timeout_s: float) -> T:
-    """Await with a deadline; on expiry also cancel the request itself when it can be
-    (a Serve `DeploymentResponse` can), so an abandoned call stops using the replica."""
-    task = asyncio.ensure_future(_awaited(awaitable))
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        if not done:
-            cancel = getattr(awaitable, "cancel", None)
-            if callable(cancel):
-                cancel()
-            raise _DeadlineExceeded()
-        return task.result()
-    finally:
-        if not task.done():
-            task.cancel()
+    def __init__(self, seconds: float, failing_over: bool):
+        super().__init__(seconds, failing_over)
+        self.seconds = seconds
+        self.failing_over = failing_over
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:

@@ -109,6 +109,23 @@ def test_while_a_model_has_no_replica_calls_use_the_failover_deadline():
     assert err.value.status == 503
 
 
+def test_calls_already_waiting_fail_over_once_the_model_has_no_replica():
+    """A node dies: one call's retry finds no replica; the calls that were already
+    waiting (with the hour-long deadline) give up after the failover deadline too."""
+    caller = ModelCaller(ModelCallSettings(timeout_s=3600, failover_timeout_s=0.05))
+
+    async def scenario() -> list[object]:
+        waiting = [asyncio.ensure_future(caller.call(MODEL, Script("hang"))) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        lost = caller.call(MODEL, Script(ActorDiedError(), ActorDiedError()))
+        return await asyncio.gather(lost, *waiting, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, APIError) and o.status == 503 for o in outcomes), outcomes
+    assert all(o.headers == {"Retry-After": "1"} for o in outcomes)
+    assert caller._waiting == {} or all(not w for w in caller._waiting.values())
+
+
 def test_backpressure_is_shed_at_once_with_the_deployments_status_and_retry_after():
     for status, retry_after_s, header in [(503, 3.2, "4"), (429, None, "2")]:
         script = Script(BackPressureError(8, 8, status, retry_after_s))
