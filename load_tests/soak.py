@@ -97,7 +97,9 @@ async def one(client: httpx.AsyncClient, url: str, model: str, order: list[int],
     out.record(status, time.perf_counter() - start, retry_after, ok_body)
 
 
-async def closed_loop(url: str, model: str, order: list[int], clients: int, seconds: float) -> Outcomes:
+async def closed_loop(
+    url: str, model: str, order: list[int], clients: int, seconds: float
+) -> Outcomes:
     out = Outcomes()
     deadline = time.monotonic() + seconds
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as c:
@@ -110,7 +112,9 @@ async def closed_loop(url: str, model: str, order: list[int], clients: int, seco
     return out
 
 
-async def open_loop(url: str, model: str, order: list[int], rate: float, seconds: float) -> Outcomes:
+async def open_loop(
+    url: str, model: str, order: list[int], rate: float, seconds: float
+) -> Outcomes:
     """Requests start on a fixed schedule whatever happens to earlier ones (no
     coordinated omission): the offered load really is `rate`."""
     out = Outcomes()
@@ -148,7 +152,9 @@ def serve_memory_mb() -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="cross-encoder/ms-marco-TinyBERT-L2-v2")
     parser.add_argument("--load-factor", type=float, default=0.5, help="offered load / capacity")
     parser.add_argument("--duration-s", type=float, default=120)
@@ -216,6 +222,7 @@ def main() -> None:
         memory_after = serve_memory_mb()
         recovery_start = time.monotonic()
         after = asyncio.run(closed_loop(url, card.name, order, args.concurrency, args.probe_s))
+        after_rps = after.statuses[200] / (time.monotonic() - recovery_start)
         report = {
             "model": card.name,
             "capacity_rps": round(capacity, 1),
@@ -223,10 +230,14 @@ def main() -> None:
             "offered_rps": round(rate, 1),
             "duration_s": args.duration_s,
             "run": run.summary(),
-            "after_run_closed_loop": after.summary() | {"rps": round(after.statuses[200] / (time.monotonic() - recovery_start), 1)},
+            "after_run_closed_loop": after.summary() | {"rps": round(after_rps, 1)},
             "memory_mb_before": memory_before,
             "memory_mb_after": memory_after,
-            "memory_growth_mb": {k: round(memory_after.get(k, 0) - v, 1) for k, v in memory_before.items()},
+            "memory_growth_mb": {
+                k: round(memory_after[k] - v, 1)
+                for k, v in memory_before.items()
+                if k in memory_after
+            },
         }
         print(json.dumps(report, indent=2))
     finally:

@@ -95,11 +95,14 @@ class ModelCaller:
                     if attempt < self.settings.replica_failure_retries:
                         attempt += 1
                         failing_over = True
-                        logger.warning("%s: replica lost (%s); retrying", model, type(exc).__name__)
+                        logger.warning(
+                            "%s: replica lost (%s); retrying", model, type(exc).__name__
+                        )
                         continue
                     self._mark_unavailable(model)
                 logger.warning("%s: call failed: %r", model, exc)
-                raise self._unavailable(model, f"could not score the request ({type(exc).__name__})")
+                why = f"could not score the request ({type(exc).__name__})"
+                raise self._unavailable(model, why)
             self.unavailable.discard(model)
             return result
 

@@ -104,7 +104,8 @@ def cluster(checkpoint_root) -> Iterator[Cluster]:
         serve.start(
             proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port}
         )
-        serve.run(build_app(app_config(checkpoint_root)), name=APP, route_prefix="/", blocking=False)
+        app = build_app(app_config(checkpoint_root))
+        serve.run(app, name=APP, route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 300, "readyz")
         yield Cluster(local, gpu_node, url, reference_rankings(checkpoint_root))

@@ -32,7 +32,9 @@ def test_cluster_yaml_passes_ray_cluster_launcher_validation():
     (gpu_group,) = workers.values()
     assert gpu_group["resources"]["GPU"] >= 1
     assert gpu_group["min_workers"] < gpu_group["max_workers"]  # the GPU group autoscales
-    setup = " ".join(raw["setup_commands"] + raw["head_setup_commands"] + raw["worker_setup_commands"])
+    setup = " ".join(
+        raw["setup_commands"] + raw["head_setup_commands"] + raw["worker_setup_commands"]
+    )
     assert "pip install -e ~/rerank-serve" in setup
     assert raw["file_mounts"]["~/rerank-serve"] == "."
     assert "serve deploy ~/rerank-serve/deployments/gpu-1.yaml" in raw["head_start_ray_commands"]
@@ -58,7 +60,8 @@ def test_kuberay_rayservice_serves_exactly_the_gpu_serve_config():
     ServeDeploySchema.model_validate(served)
 
     cluster = manifest["spec"]["rayClusterConfig"]
-    assert cluster["rayVersion"] == load("cluster.yaml")["setup_commands"][1].split("==")[1].strip('"')
+    launcher_ray = load("cluster.yaml")["setup_commands"][1].split("==")[1].strip('"')
+    assert cluster["rayVersion"] == launcher_ray
     assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
     (gpu_group,) = cluster["workerGroupSpecs"]
     (container,) = gpu_group["template"]["spec"]["containers"]

@@ -158,7 +158,10 @@ def test_placement_and_queue_settings_flow_into_deployment_options():
                 "backpressure": {"status_code": 429, "retry_after_s": 2},
             },
             "ingress": {"resources": {"node:__internal_head__": 0.01}, "max_queued_requests": 64},
-            "models": [{"name": MODEL}, {"name": "ms-marco-MiniLM-L2-v2", "resources": {"gpu_pool": 1}}],
+            "models": [
+                {"name": MODEL},
+                {"name": "ms-marco-MiniLM-L2-v2", "resources": {"gpu_pool": 1}},
+            ],
         }
     )
     tiny, mini = (m.deployment_options() for m in config.models)
@@ -170,9 +173,8 @@ def test_placement_and_queue_settings_flow_into_deployment_options():
     assert ingress["ray_actor_options"]["resources"] == {"node:__internal_head__": 0.01}
     assert ingress["max_queued_requests"] == 64
     # Defaults keep Serve's unbounded queue.
-    assert AppConfig.model_validate({"models": [{"name": MODEL}]}).models[0].deployment_options()[
-        "max_queued_requests"
-    ] == -1
+    (default,) = AppConfig.model_validate({"models": [{"name": MODEL}]}).models
+    assert default.deployment_options()["max_queued_requests"] == -1
 
 
 @pytest.mark.parametrize(
