@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients (capacity)")
     parser.add_argument("--max-ongoing", type=int, default=4, help="model max_ongoing_requests")
     parser.add_argument("--max-queued", type=int, default=8, help="model max_queued_requests")
+    parser.add_argument("--ingress-max-ongoing", type=int, default=32)
+    parser.add_argument("--ingress-max-queued", type=int, default=16)
     parser.add_argument("--cpus", type=int, default=2, help="logical CPUs for the local Ray")
     args = parser.parse_args()
 
@@ -192,8 +194,8 @@ def main() -> None:
         ],
         "ingress": {
             "num_cpus": 0.5,
-            "max_ongoing_requests": 256,
-            "max_queued_requests": 256,
+            "max_ongoing_requests": args.ingress_max_ongoing,
+            "max_queued_requests": args.ingress_max_queued,
             "backpressure": {"status_code": 503, "retry_after_s": 1},
             "model_calls": {"timeout_s": 30, "failover_timeout_s": 5},
         },
