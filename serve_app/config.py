@@ -143,7 +143,9 @@ class ModelDeploymentConfig(_Placement):
 class ModelCallSettings(_Strict):
     """How the ingress calls a model deployment (see `serve_app/resilience.py`)."""
 
-    timeout_s: float = Field(30.0, gt=0, description="A call still running then: 504.")
+    timeout_s: float = Field(
+        120.0, gt=0, description="A call still running then: 504. Generous: a bound, not an SLO."
+    )
     failover_timeout_s: float = Field(
         5.0,
         gt=0,
