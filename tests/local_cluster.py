@@ -103,15 +103,16 @@ class LocalCluster:
         attempt is cleaned up and repeated."""
         for attempt in range(1, attempts + 1):
             node = self._spawn(name, args)
+            self.nodes.append(node)  # from now on, shutdown() stops it whatever happens
             wait_until(
                 lambda: not node.alive or STARTED in node.log_path.read_text(),
                 300,
                 f"ray start of {name}",
             )
             if node.alive:
-                self.nodes.append(node)
                 return node
             node.kill()
+            self.nodes.remove(node)
             if attempt == attempts:
                 raise RuntimeError(f"{name} did not start:\n{node.log_path.read_text()[-3000:]}")
         raise AssertionError("unreachable")
