@@ -57,7 +57,44 @@ class BatchingSettings(_Strict):
     max_batch_docs: int = Field(512, ge=1)
 
 
-class ModelDeploymentConfig(_Strict):
+class BackpressureSettings(_Strict):
+    """The response when a deployment's queue (`max_queued_requests`) is full: maps onto
+    Serve's `backpressure_config`, and the ingress answers a model's rejection the same way."""
+
+    status_code: Literal[503, 429] = 503
+    retry_after_s: float = Field(1.0, ge=0)
+
+
+class _Placement(_Strict):
+    """Where replicas may run and how much work waits for them; shared by models and ingress.
+
+    `resources` are custom Ray resources per replica (e.g. `{"node:__internal_head__": 0.01}`
+    pins a replica to the head node). `max_queued_requests` bounds the requests waiting at
+    each caller for a free replica (-1: unbounded); beyond it requests are shed at once.
+    """
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    max_queued_requests: int = Field(-1, ge=-1)
+    backpressure: BackpressureSettings = BackpressureSettings()
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _not_zero(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("max_queued_requests must be -1 (unbounded) or at least 1")
+        return v
+
+    def _placement_options(self, actor_options: dict[str, Any]) -> dict[str, Any]:
+        if self.resources:
+            actor_options = {**actor_options, "resources": dict(self.resources)}
+        return {
+            "ray_actor_options": actor_options,
+            "max_queued_requests": self.max_queued_requests,
+            "backpressure_config": self.backpressure.model_dump(),
+        }
+
+
+class ModelDeploymentConfig(_Placement):
     name: str = Field(description="Catalog name or alias; normalised to the canonical name.")
     source: str | None = Field(
         None, description="Hub id or local directory; defaults to the hub id (the name)."
@@ -110,7 +147,7 @@ class ModelDeploymentConfig(_Strict):
     def deployment_options(self) -> dict[str, Any]:
         return {
             "name": self.short_name,
-            "ray_actor_options": {"num_gpus": self.num_gpus, "num_cpus": self.num_cpus},
+            **self._placement_options({"num_gpus": self.num_gpus, "num_cpus": self.num_cpus}),
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             "autoscaling_config": self.autoscaling.model_dump(exclude_none=True),
@@ -118,16 +155,33 @@ class ModelDeploymentConfig(_Strict):
         }
 
 
-class IngressConfig(_Strict):
+class ModelCallSettings(_Strict):
+    """How the ingress calls a model deployment (see `serve_app/resilience.py`)."""
+
+    timeout_s: float = Field(
+        120.0, gt=0, description="A call still running then: 504. Generous: a bound, not an SLO."
+    )
+    failover_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Limit for a retry after a replica failure, and for every call while the "
+        "model has no replica; exceeded: 503 with Retry-After instead of hanging.",
+    )
+    replica_failure_retries: int = Field(1, ge=0, le=3)
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503.")
+
+
+class IngressConfig(_Placement):
     num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
     autoscaling: AutoscalingSettings = AutoscalingSettings(
         min_replicas=1, max_replicas=1, target_ongoing_requests=64
     )
+    model_calls: ModelCallSettings = ModelCallSettings()
 
     def deployment_options(self) -> dict[str, Any]:
         return {
-            "ray_actor_options": {"num_cpus": self.num_cpus},
+            **self._placement_options({"num_cpus": self.num_cpus}),
             "max_ongoing_requests": self.max_ongoing_requests,
             "autoscaling_config": self.autoscaling.model_dump(exclude_none=True),
         }
@@ -242,7 +296,6 @@ class LimitsConfig(_Strict):
         None, ge=1, description="Upper bound on `top_n`; `top_n` above the document count "
         "returns every document.",
     )
-    model_timeout_s: float = Field(60.0, gt=0, description="Scoring slower than this is a 504.")
 
 
 class PricingConfig(_Strict):

@@ -10,16 +10,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -46,6 +43,7 @@ from serve_app.errors import APIError, error_response
 from serve_app.http_edge import AccessRecord, EdgeMiddleware, EdgePolicy, access_logger
 from serve_app.limits import check_limits
 from serve_app.metrics import RerankMetrics
+from serve_app.resilience import ModelCaller
 from serve_app.stats_collector import LoadBoard, StatsPoller
 from serve_app.tokenization import EncodedPairs, PairEncoder
 from serve_app.schemas import (
@@ -60,7 +58,6 @@ from serve_app.truncation import DocumentTruncator
 from serve_app.usage import RecordBatcher, UsageRecord
 
 logger = logging.getLogger("ray.serve")
-T = TypeVar("T")
 
 READY_TIMEOUT_S = 5.0
 TOKENIZER_THREADS = 4
@@ -131,26 +128,6 @@ def load_encoders(config: AppConfig) -> dict[str, PairEncoder]:
     return encoders
 
 
-async def call_model(response: Awaitable[T], model: str, timeout_s: float) -> T:
-    """Await a model deployment's answer; its failures become 504 or 503 `APIError`s."""
-    try:
-        return await asyncio.wait_for(response, timeout=timeout_s)
-    except asyncio.TimeoutError:
-        raise APIError(504, "timeout", f"{model} did not answer within {timeout_s:g}s") from None
-    except BackPressureError:
-        raise APIError(
-            503, "overloaded", f"{model} is at capacity; retry", headers={"Retry-After": "1"}
-        ) from None
-    except Exception as e:  # a replica died or failed: the client may retry
-        logger.exception("scoring failed on %s", model)
-        raise APIError(
-            503,
-            "model_unavailable",
-            f"{model} could not score the request ({type(e).__name__}); retry",
-            headers={"Retry-After": "1"},
-        ) from None
-
-
 def _principal(request: Request) -> Principal:
     # Set by EdgeMiddleware on every non-public path; anonymous only when auth is off.
     return getattr(request.state, "principal", None) or Principal(ANONYMOUS, QuotaSettings())
@@ -186,6 +163,7 @@ class RerankIngress:
             config, self.catalog, self.encoders, self._tokenize_pool, self._score,
             self.load_board,
         )
+        self.model_caller = ModelCaller(config.ingress.model_calls)
         self.ledger = ledger
         self.recorder = RecordBatcher(lambda records: self._ledger_call("record", records))
         self.metrics = RerankMetrics()
@@ -303,9 +281,9 @@ class RerankIngress:
         return result
 
     async def _score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
-        return await call_model(
-            self.models[model].score.remote(pairs), model, self.config.limits.model_timeout_s
-        )
+        handle = self.models[model]
+        # Retries once on a lost replica, sheds on a full queue, never hangs: resilience.py
+        return await self.model_caller.call(model, lambda: handle.score.remote(pairs))
 
     @app.get("/v1/routing", dependencies=[_bearer])
     async def routing_state(self) -> dict:

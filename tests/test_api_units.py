@@ -447,31 +447,3 @@ async def test_access_log_lines_never_hold_keys_or_text(caplog):
 
 
 # -- model call failures -----------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_model_call_failures_map_to_504_and_503():
-    import asyncio
-
-    from ray.serve.exceptions import BackPressureError
-
-    from serve_app.ingress import call_model
-
-    async def answer():
-        return "scored"
-
-    async def fail(exc: Exception):
-        raise exc
-
-    assert await call_model(answer(), "m", 1.0) == "scored"
-    cases = [
-        (asyncio.sleep(10), 504, "timeout"),
-        (fail(BackPressureError(num_queued_requests=5, max_queued_requests=5)), 503,
-         "overloaded"),
-        (fail(RuntimeError("replica died")), 503, "model_unavailable"),
-    ]
-    for awaitable, status, type_ in cases:
-        with pytest.raises(APIError) as e:
-            await call_model(awaitable, "m", 0.05)
-        assert (e.value.status, e.value.type) == (status, type_)
-        assert status == 504 or e.value.headers["Retry-After"] == "1"
