@@ -35,8 +35,8 @@ class CrossEncoderEngine:
         if dtype == "auto":
             dtype = "float16" if self.device.type == "cuda" else "float32"
         self.dtype = dtype
-        if self.device.type == "cpu" and cpu_threads:
-            torch.set_num_threads(cpu_threads)
+        self.cpu_threads = cpu_threads
+        self.use_this_thread()
         if self.device.type == "cuda" and gpu_memory_fraction:
             # Replicas share a GPU by fraction: hold each to its share of the memory too.
             torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_fraction), self.device)
@@ -48,6 +48,13 @@ class CrossEncoderEngine:
             raise ValueError(f"{source}: expected a cross-encoder with one logit")
         self.random_weights = bool(getattr(self.model.config, RANDOM_INIT_MARKER, False))
         self.max_length = self.model.config.max_position_embeddings
+
+    def use_this_thread(self) -> None:
+        """Apply `cpu_threads` to the calling thread. OpenMP thread counts are per thread
+        and new threads start from OMP_NUM_THREADS (Ray sets it to the actor's CPUs), so a
+        thread that runs forward passes must call this itself."""
+        if self.device.type == "cpu" and self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
 
     def score(
         self,

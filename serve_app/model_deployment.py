@@ -35,7 +35,9 @@ class RerankModel:
         self.batching = config.batching
         # One thread runs the model, so the event loop keeps gathering the next batch
         # while the current one computes.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="forward", initializer=self.engine.use_this_thread
+        )
         self.stats_recorder = ReplicaStats()
         self.engine.warmup()
         if self.engine.random_weights:

@@ -94,3 +94,38 @@ def test_random_checkpoints_are_labelled_and_deterministic(tmp_path, checkpoint_
     assert getattr(a.model.config, RANDOM_INIT_MARKER)
     pairs = [encoder.encode(QUERY, DOCS)]
     assert a.score(pairs)[0].tolist() == b.score(pairs)[0].tolist()
+
+
+def _openmp_max_threads() -> int:
+    """OpenMP's own per-thread setting (torch.get_num_threads() reports a global value)."""
+    import ctypes
+    from pathlib import Path
+
+    (libgomp,) = (Path(torch.__file__).parent / "lib").glob("libgomp*.so*")
+    return ctypes.CDLL(str(libgomp)).omp_get_max_threads()
+
+
+def test_forward_thread_uses_the_configured_cpu_threads(checkpoint_root):
+    """OpenMP thread counts are per thread: the replica's forward thread must set its own,
+    or it runs on OMP_NUM_THREADS (1 under Ray) whatever `cpu_threads` says."""
+    import threading
+
+    from serve_app.config import ModelDeploymentConfig
+    from serve_app.model_deployment import RerankModel
+
+    fresh: list[int] = []
+    probe = threading.Thread(target=lambda: fresh.append(_openmp_max_threads()))
+    probe.start()
+    probe.join()
+    wanted = fresh[0] + 1  # differs from what a new thread gets by default
+    before = torch.get_num_threads()
+    try:
+        tiny = ALL_MODELS[0]
+        replica = RerankModel.func_or_class(
+            ModelDeploymentConfig(
+                name=tiny, source=checkpoint_path(checkpoint_root, tiny), cpu_threads=wanted
+            )
+        )
+        assert replica._executor.submit(_openmp_max_threads).result() == wanted
+    finally:
+        torch.set_num_threads(before)
