@@ -1,7 +1,8 @@
-"""Start the offline demo (deployments/demo.yaml's app) on its own local Ray instance, on
-loopback, for load tests; Ctrl-C (or SIGTERM) shuts down only what this started.
+"""Start a Serve config's app (default: deployments/demo.yaml) on its own local Ray
+instance, on loopback, for load tests; Ctrl-C (or SIGTERM) shuts down only what this
+started, unlike `serve run`, whose Ray instance can outlive it.
 
-    python load_tests/run_demo_app.py [--port 8123] [--models TinyBERT-L2 MiniLM-L12 ...]
+    python load_tests/run_demo_app.py [--config FILE] [--port 8123] [--models TinyBERT-L2 ...]
 """
 
 from __future__ import annotations
@@ -24,18 +25,19 @@ DEMO = Path(__file__).resolve().parent.parent / "deployments" / "demo.yaml"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEMO, help="a Serve config file")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs for Ray")
     parser.add_argument("--models", nargs="*", help="substrings of model names to keep")
     args = parser.parse_args()
 
-    app_args = yaml.safe_load(DEMO.read_text())["applications"][0]["args"]
+    app_args = yaml.safe_load(args.config.read_text())["applications"][0]["args"]
     if args.models:
         app_args["models"] = [
             m for m in app_args["models"] if any(s.lower() in m["name"].lower() for s in args.models)
         ]
         names = [m["name"] for m in app_args["models"]]
-        if app_args.get("default_model") not in names:
+        if app_args.get("default_model") not in (None, *names):
             app_args["default_model"] = names[0]
 
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
