@@ -72,6 +72,12 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect
                           "/openapi.json"})
 # Documents the Bearer scheme in OpenAPI; the key is checked by `EdgeMiddleware`.
 _bearer = Security(HTTPBearer(auto_error=False, description="An API key from the operator."))
+_RERANK_ROUTE = dict(
+    response_model=RerankResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    dependencies=[_bearer],
+)
 
 app = FastAPI(
     title="Rerank API",
@@ -181,13 +187,7 @@ class RerankIngress:
         access_logger.info(record.log_line())
         self.metrics.observe_access(record)
 
-    @app.post(
-        "/v1/rerank",
-        response_model=RerankResponse,
-        response_model_exclude_none=True,
-        responses=_ERRORS,
-        dependencies=[_bearer],
-    )
+    @app.post("/v1/rerank", **_RERANK_ROUTE)
     async def rerank(
         self, body: RerankRequest, request: Request, response: Response
     ) -> RerankResponse:
@@ -196,13 +196,7 @@ class RerankIngress:
         result = await self._rerank(request, response, body, "documents")
         return rerank_response(result, body.return_documents)
 
-    @app.post(
-        "/v2/rerank",
-        response_model=RerankResponse,
-        response_model_exclude_none=True,
-        responses=_ERRORS,
-        dependencies=[_bearer],
-    )
+    @app.post("/v2/rerank", **_RERANK_ROUTE)
     async def rerank_v2(
         self, body: CohereV2RerankRequest, request: Request, response: Response
     ) -> RerankResponse:

@@ -51,6 +51,7 @@ def app_config(root) -> dict:
             "cpu_threads": 1,
             "batching": {"max_batch_size": 4},
         },
+        "auth": {"enabled": False},  # keys are tested in test_api.py
         "ingress": {
             "num_cpus": 0.5,
             "resources": {"node:__internal_head__": 0.01},
