@@ -5,8 +5,6 @@ HTTP or text: pairs arrive already tokenized (see `tokenization.py`).
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -14,8 +12,6 @@ from transformers import AutoModelForSequenceClassification
 from serve_app.batching import pack_by_token_budget
 from serve_app.checkpoints import RANDOM_INIT_MARKER
 from serve_app.tokenization import EncodedPairs
-
-logger = logging.getLogger(__name__)
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

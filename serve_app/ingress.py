@@ -27,7 +27,6 @@ from serve_app.auth import ANONYMOUS, Authenticator, Principal
 from serve_app.catalog import ORGANISATION, load_catalog
 from serve_app.compat import (
     CohereV2RerankRequest,
-    RerankCall,
     Reranked,
     TEIRerankRequest,
     TEIRerankResult,

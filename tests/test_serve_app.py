@@ -3,7 +3,6 @@ fractional logical GPUs, one Serve instance for the module."""
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
