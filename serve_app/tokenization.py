@@ -14,9 +14,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoTokenizer
 
 MIN_DOCUMENT_TOKENS = 8
+
+
+def fixed_truncation_backend(tokenizer, max_length: int) -> Tokenizer:
+    """A private copy of a fast tokenizer's backend that truncates at `max_length`, set
+    once here and never changed.
+
+    Calling a transformers tokenizer with `truncation`/`max_length` reconfigures its one
+    shared backend before encoding, so threads encoding with different lengths race and
+    can cut a document at another call's length. Encoding on a backend nobody mutates is
+    thread-safe, and `encode_batch` releases the GIL and runs in parallel.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("a fast (Rust) tokenizer is required: the source has no tokenizer.json")
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.enable_truncation(max_length)
+    return backend
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,9 @@ class PairEncoder:
         self.pad_id = tokenizer.pad_token_id or 0
         if self.cls_id is None or self.sep_id is None:
             raise ValueError("tokenizer has no [CLS]/[SEP]: not a BERT cross-encoder")
+        self._queries = fixed_truncation_backend(tokenizer, self.max_query_tokens)
+        # The longest a document can be: beside the shortest head, [CLS] [SEP], and its [SEP].
+        self._documents = fixed_truncation_backend(tokenizer, max_length - 3)
 
     @classmethod
     def from_pretrained(cls, source: str, max_query_tokens: int) -> "PairEncoder":
@@ -68,20 +89,12 @@ class PairEncoder:
             vocab = source
         return f"{vocab}:{config.max_position_embeddings}:{max_query_tokens}"
 
-    def _tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
-        return self.tokenizer(
-            texts,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-
     def encode(self, query: str, documents: list[str]) -> EncodedPairs:
-        (q_ids,) = self._tokenize([query], self.max_query_tokens)
+        q_ids = self._queries.encode(query, add_special_tokens=False).ids
         head = np.array([self.cls_id, *q_ids, self.sep_id], dtype=np.int32)
-        docs = self._tokenize(documents, self.max_length - len(head) - 1)
+        room = self.max_length - len(head) - 1
+        encoded = self._documents.encode_batch(documents, add_special_tokens=False)
+        docs = [e.ids[:room] for e in encoded]
         sep = (self.sep_id,)
         lengths = np.fromiter((len(d) + 1 for d in docs), dtype=np.int32, count=len(docs))
         flat = np.fromiter(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from serve_app.checkpoints import tokenizer_dir
+from serve_app.tokenization import fixed_truncation_backend
 
 
 class DocumentTruncator:
@@ -14,25 +15,27 @@ class DocumentTruncator:
         self.tokenizer_path = tokenizer_path or str(tokenizer_dir())
 
     @cached_property
-    def tokenizer(self):
+    def model_max_length(self) -> int:
+        return self._tokenizer.model_max_length
+
+    @cached_property
+    def _tokenizer(self):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.tokenizer_path)
 
+    @cached_property
+    def _backend(self):
+        # One truncation length for every call (see `fixed_truncation_backend`): one token
+        # past the longest useful cut tells "longer than N" from "exactly N".
+        return fixed_truncation_backend(self._tokenizer, self.model_max_length + 1)
+
     def truncate(self, texts: list[str], max_tokens: int) -> list[str]:
         """Each text cut after its `max_tokens`-th token (at that token's end offset)."""
-        if max_tokens >= self.tokenizer.model_max_length:
+        if max_tokens >= self.model_max_length:
             return texts  # the engine cuts pairs at the model's length anyway
-        encoded = self.tokenizer(
-            texts,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=max_tokens + 1,  # one extra token tells "longer than" from "exactly"
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
         out = []
-        for text, offsets in zip(texts, encoded["offset_mapping"]):
+        for text, encoding in zip(texts, self._backend.encode_batch(texts, add_special_tokens=False)):
+            offsets = encoding.offsets
             out.append(text[: offsets[max_tokens - 1][1]] if len(offsets) > max_tokens else text)
         return out

@@ -3,6 +3,8 @@ the reference: sentence-transformers' CrossEncoder and the tokenizer's own pair 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +44,19 @@ def test_pairs_equal_the_tokenizers_own_pair_encoding(encoder):
     for types in reference["token_type_ids"]:
         assert types == [0] * len(pairs.head) + [1] * (len(types) - len(pairs.head))
     assert pairs.pair_lengths.tolist() == [len(x) for x in reference["input_ids"]]
+
+
+def test_concurrent_encodes_equal_serial_ones(encoder):
+    """The ingress encodes in a thread pool with one encoder per vocabulary. Queries and
+    documents are cut at different lengths; no call may see another's length."""
+    jobs = [
+        (f"query {i} " + "why " * 40 * (i % 3), ["word " * (50 + 37 * (i % 11)), "short", DOCS[3] * 9])
+        for i in range(400)
+    ]
+    serial = [pair_ids(encoder.encode(q, docs)) for q, docs in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda job: pair_ids(encoder.encode(*job)), jobs))
+    assert [i for i, (a, b) in enumerate(zip(serial, together)) if a != b] == []
 
 
 def test_one_encoder_serves_the_whole_family(checkpoint_root):
