@@ -174,6 +174,13 @@ class ModelCallSettings(_Strict):
 class IngressConfig(_Placement):
     num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="API requests one ingress replica admits at once; beyond it `overloaded` "
+        "(the backpressure status, Retry-After) in the JSON error shape. Must be below "
+        "max_ongoing_requests, which leaves room for health probes; default: 15/16 of it.",
+    )
     autoscaling: AutoscalingSettings = AutoscalingSettings(
         min_replicas=1, max_replicas=1, target_ongoing_requests=64
     )
@@ -185,6 +192,16 @@ class IngressConfig(_Placement):
             "max_ongoing_requests": self.max_ongoing_requests,
             "autoscaling_config": self.autoscaling.model_dump(exclude_none=True),
         }
+
+    @model_validator(mode="after")
+    def _sheds_before_serve_does(self) -> "IngressConfig":
+        if self.max_in_flight is not None and self.max_in_flight >= self.max_ongoing_requests:
+            raise ValueError("ingress.max_in_flight must be below ingress.max_ongoing_requests")
+        return self
+
+    @property
+    def admission_limit(self) -> int:
+        return self.max_in_flight or max(1, self.max_ongoing_requests * 15 // 16)
 
 
 TINYBERT_L2 = "cross-encoder/ms-marco-TinyBERT-L2-v2"

@@ -1,6 +1,6 @@
-"""The HTTP edge, as one pure ASGI middleware in front of every route: request ids, the body
-size limit (413), API-key authentication (401) and one structured access-log line per
-request. No Ray: the policy comes from a resolver, so unit tests drive it with a plain
+"""The HTTP edge, as one pure ASGI middleware in front of every route: request ids, the
+admission limit (503), the body size limit (413), API-key authentication (401) and one
+structured access-log line per request. No Ray: the policy comes from a resolver, so unit tests drive it with a plain
 Starlette app.
 
 Access logs carry ids, sizes, statuses and timings, never a key, a query or a document.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -67,12 +68,20 @@ class EdgePolicy:
     known_paths: frozenset[str]  # logged by name; anything else as "other"
     proxy_sets_request_id: bool = False  # behind Serve's HTTP proxy
     observe: Callable[[AccessRecord], None] = field(default=lambda record: None)
+    # API requests one replica works on at once; beyond it: `overloaded` at once. Kept below
+    # Serve's `max_ongoing_requests`, so overload is answered here in the JSON error shape
+    # rather than queued at, and shed as plain text by, Serve's proxy. Public paths (health
+    # probes) are never counted or shed.
+    max_in_flight: int | None = None
+    overload_status: int = 503
+    retry_after_s: float = 1.0
 
 
 class EdgeMiddleware:
     def __init__(self, app: ASGIApp, resolve_policy: Callable[[], EdgePolicy]):
         self.app = app
         self.resolve_policy = resolve_policy
+        self.in_flight = 0  # admitted API requests not yet finished (one event loop: no lock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,6 +98,7 @@ class EdgeMiddleware:
         state["request_id"] = request_id
         status = 500
         response_started = False
+        counted = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
@@ -101,6 +111,10 @@ class EdgeMiddleware:
             await send(message)
 
         try:
+            if scope.get("path") not in policy.public_paths:
+                _check_capacity(self.in_flight, policy)
+                self.in_flight += 1
+                counted = True
             receive = await self._admit(scope, receive, headers, policy, state)
             await self.app(scope, receive, send_with_id)
         except APIError as e:
@@ -112,6 +126,8 @@ class EdgeMiddleware:
             response = error_response(500, "internal_error", "internal server error")
             await response(scope, receive, send_with_id)
         finally:
+            if counted:
+                self.in_flight -= 1
             path = scope.get("path", "")
             principal = state.get("principal")
             record = AccessRecord(
@@ -169,6 +185,17 @@ def _replay(body: bytes, receive: Receive, first: Message | None = None) -> Rece
         return pending.pop(0) if pending else await receive()
 
     return replay
+
+
+def _check_capacity(in_flight: int, policy: EdgePolicy) -> None:
+    if policy.max_in_flight is not None and in_flight >= policy.max_in_flight:
+        raise APIError(
+            policy.overload_status,
+            "overloaded",
+            f"this server is at its limit of {policy.max_in_flight} requests in flight; "
+            "retry after the time in Retry-After",
+            headers={"Retry-After": str(math.ceil(policy.retry_after_s))},
+        )
 
 
 def _too_large(limit: int) -> APIError:

@@ -180,6 +180,9 @@ class RerankIngress:
             known_paths=ROUTES | PUBLIC_PATHS,
             proxy_sets_request_id=True,
             observe=self._observe_access,
+            max_in_flight=config.ingress.admission_limit,
+            overload_status=config.ingress.backpressure.status_code,
+            retry_after_s=config.ingress.backpressure.retry_after_s,
         )
 
     def _observe_access(self, record: AccessRecord) -> None:

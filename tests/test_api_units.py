@@ -3,6 +3,7 @@ client-shape translation, truncation and the HTTP edge middleware. No Ray."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -364,7 +365,14 @@ def test_truncation_cuts_after_n_tokens_and_keeps_short_texts():
 # -- HTTP edge ---------------------------------------------------------------------------
 
 
-def edge_app(observed: list[AccessRecord], max_body: int = 100) -> Starlette:
+def edge_app(
+    observed: list[AccessRecord], max_body: int = 100, max_in_flight: int | None = None,
+    gate: asyncio.Event | None = None,
+) -> Starlette:
+    async def hold(request: Request) -> JSONResponse:
+        await gate.wait()
+        return JSONResponse({"held": True})
+
     async def echo(request: Request) -> JSONResponse:
         body = await request.json()
         request.state.model = "m"
@@ -382,11 +390,13 @@ def edge_app(observed: list[AccessRecord], max_body: int = 100) -> Starlette:
         authenticator=Authenticator(auth_config(), environ={}),
         max_body_bytes=max_body,
         public_paths=frozenset({"/healthz"}),
-        known_paths=frozenset({"/echo", "/healthz", "/boom"}),
+        known_paths=frozenset({"/echo", "/healthz", "/boom", "/hold"}),
         observe=observed.append,
+        max_in_flight=max_in_flight,
+        retry_after_s=2,
     )
     app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/boom", boom),
-                            Route("/healthz", health)])
+                            Route("/healthz", health), Route("/hold", hold)])
     app.add_middleware(EdgeMiddleware, resolve_policy=lambda: policy)
     return app
 
@@ -426,6 +436,29 @@ async def test_edge_authenticates_limits_bodies_and_tags_request_ids():
         "abc-1", 200, "alice", "m", 1)
     assert [r.status for r in observed] == [200, 401, 200, 413, 413, 500, 404]
     assert observed[-1].path == "other"
+
+
+@pytest.mark.anyio
+async def test_edge_sheds_beyond_its_in_flight_limit_in_the_error_shape_and_recovers():
+    observed: list[AccessRecord] = []
+    gate = asyncio.Event()
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with await _client(edge_app(observed, max_in_flight=2, gate=gate)) as client:
+        held = [asyncio.create_task(client.get("/hold", headers=auth)) for _ in range(2)]
+        # Poll with a request that never blocks until both held ones are in flight.
+        deadline = asyncio.get_running_loop().time() + 10
+        while (shed := await client.post("/echo", json={}, headers=auth)).status_code == 200:
+            assert asyncio.get_running_loop().time() < deadline, "held requests never admitted"
+            await asyncio.sleep(0)
+        assert shed.status_code == 503
+        assert shed.json()["error"]["type"] == "overloaded"
+        assert shed.headers["retry-after"] == "2" and shed.headers["x-request-id"]
+        assert (await client.get("/healthz")).status_code == 200  # probes are never shed
+        gate.set()
+        assert [(await t).status_code for t in held] == [200, 200]
+        again = await client.post("/echo", json={}, headers=auth)
+        assert again.status_code == 200
+    assert [r.status for r in observed].count(503) >= 1
 
 
 @pytest.mark.anyio

@@ -91,11 +91,20 @@ def test_model_defaults_merge_under_each_model_and_alias_is_canonicalised():
         {"models": [{"name": L6, "autoscaling": {"min_replicas": 3, "max_replicas": 2}}]},
         {"models": [{"name": L6, "unknown_knob": 1}]},
         {"models": [{"name": L6}], "default_model": "cross-encoder/ms-marco-MiniLM-L12-v2"},
+        {"models": [{"name": L6}], "ingress": {"max_ongoing_requests": 64, "max_in_flight": 64}},
     ],
 )
 def test_bad_configs_are_rejected(bad):
     with pytest.raises(ValidationError):
         AppConfig.model_validate(bad)
+
+
+def test_the_ingress_sheds_before_serve_would_queue():
+    default = AppConfig.model_validate({"models": [{"name": L6}]}).ingress
+    assert default.admission_limit == 240 < default.max_ongoing_requests
+    tuned = {"max_ongoing_requests": 64, "max_in_flight": 10}
+    assert AppConfig.model_validate({"models": [{"name": L6}], "ingress": tuned}
+                                    ).ingress.admission_limit == 10
 
 
 def test_source_defaults_to_hub_id_or_random_checkpoint_dir(monkeypatch, tmp_path):
