@@ -9,6 +9,8 @@ the model's measured seconds per token; a model without measurements yet uses a 
 the catalog's V100 docs/s, scaled by how the measured models compare with their own priors
 (so priors follow the hardware once anything has been measured). A measured fixed
 per-call overhead (transport, batch wait) is added; unmeasured models borrow the median.
+The time the request has already spent in the ingress (body, validation, tokenization)
+counts against the budget too, so `predicted_ms` is the request's, not only the model's.
 """
 
 from __future__ import annotations
@@ -147,18 +149,24 @@ class BudgetPolicy:
         return models
 
     def predict(self, model: str, tokens: int, loads: Mapping[str, ModelLoad]) -> float:
+        """The model call alone: queue wait, service and per-call overhead."""
         rate = self.predictor.rates(self.by_quality, loads)[model]
         overhead = self.predictor.overheads(self.by_quality, loads)[model]
         return self.predictor.predict_ms(rate, loads.get(model), tokens, overhead)
 
     def choose(
-        self, budget: Budget, tokens: int, loads: Mapping[str, ModelLoad]
+        self,
+        budget: Budget,
+        tokens: int,
+        loads: Mapping[str, ModelLoad],
+        spent_ms: float = 0.0,
     ) -> BudgetChoice:
+        """`spent_ms`: what the request has already used of its budget before this call."""
         candidates = self.eligible(budget)
         rates = self.predictor.rates(self.by_quality, loads)
         overheads = self.predictor.overheads(self.by_quality, loads)
         predicted = {
-            m: self.predictor.predict_ms(rates[m], loads.get(m), tokens, overheads[m])
+            m: spent_ms + self.predictor.predict_ms(rates[m], loads.get(m), tokens, overheads[m])
             for m in candidates
         }
         if budget.max_latency_ms is None:

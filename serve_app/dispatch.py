@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -67,8 +68,10 @@ class Dispatcher:
         encode_pool: Executor,
         score: ScoreFn,
         board: LoadBoard,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         enabled = config.enabled_models
+        self.clock = clock
         self.router = ModelRouter(catalog, enabled, config.default_model)
         self.policy = BudgetPolicy(catalog, enabled)
         self.encoders = encoders
@@ -107,6 +110,9 @@ class Dispatcher:
         with self.board.dispatched(model, pairs.total_tokens):
             return await self.score_fn(model, pairs)
 
+    def _spent_ms(self, arrived: float) -> float:
+        return (self.clock() - arrived) * 1000.0
+
     def _route(self, name: str | None, param: str) -> RouteDecision:
         try:
             return self.router.route(name)
@@ -120,8 +126,13 @@ class Dispatcher:
 
     # -- entry point ------------------------------------------------------------------
 
-    async def rerank(self, body: RerankRequest, texts: list[str]) -> Outcome:
+    async def rerank(
+        self, body: RerankRequest, texts: list[str], arrived: float | None = None
+    ) -> Outcome:
+        """`arrived`: the clock (`time.perf_counter()`) when the request reached the ingress;
+        time spent since then counts against a latency budget. None: now."""
         requested = (body.model or "").strip()
+        arrived = self.clock() if arrived is None else arrived
         budget = request_budget(body)
         if body.cascade is not None or requested.lower() == CASCADE:
             if requested and requested.lower() != CASCADE:
@@ -131,16 +142,20 @@ class Dispatcher:
                     'cascade: give `"model": "cascade"` or no model with a `cascade` object',
                     "cascade",
                 )
-            return await self._cascade(body, texts, budget)
+            return await self._cascade(body, texts, budget, arrived)
         if requested.lower() == AUTO or (not requested and not budget.is_empty):
-            return await self._auto(body, texts, budget)
-        return await self._named(body, texts, budget)
+            return await self._auto(body, texts, budget, arrived)
+        return await self._named(body, texts, budget, arrived)
 
-    async def _named(self, body: RerankRequest, texts: list[str], budget: Budget) -> Outcome:
+    async def _named(
+        self, body: RerankRequest, texts: list[str], budget: Budget, arrived: float
+    ) -> Outcome:
         decision = self._route(body.model, "model")
         model = decision.model
         pairs = await self._encode(model, body.query, texts)
-        predicted = self.policy.predict(model, pairs.total_tokens, self.board.loads())
+        predicted = self._spent_ms(arrived) + self.policy.predict(
+            model, pairs.total_tokens, self.board.loads()
+        )
         routing = RoutingInfo(
             policy=decision.policy,
             predicted_ms=round(predicted, 3),
@@ -148,7 +163,9 @@ class Dispatcher:
         )
         return await self._single(model, pairs, body, routing)
 
-    async def _auto(self, body: RerankRequest, texts: list[str], budget: Budget) -> Outcome:
+    async def _auto(
+        self, body: RerankRequest, texts: list[str], budget: Budget, arrived: float
+    ) -> Outcome:
         if budget.is_empty:
             budget = self.default_budget
         try:
@@ -159,12 +176,13 @@ class Dispatcher:
         probe = candidates[0]
         pairs = await self._encode(probe, body.query, texts)
         loads = self.board.loads()
-        choice = self.policy.choose(budget, pairs.total_tokens, loads)
+        spent = self._spent_ms(arrived)
+        choice = self.policy.choose(budget, pairs.total_tokens, loads, spent)
         model, predicted, met, policy = choice.model, choice.predicted_ms, choice.budget_met, "budget"
         candidate = self.splitter.divert(model)
         if candidate is not None and candidate in candidates:
             model, policy = candidate, "split"
-            predicted = self.policy.predict(model, pairs.total_tokens, loads)
+            predicted = spent + self.policy.predict(model, pairs.total_tokens, loads)
             met = budget.max_latency_ms is None or predicted <= budget.max_latency_ms
         pairs = await self._reencode_if_needed(pairs, probe, model, body.query, texts)
         routing = RoutingInfo(policy=policy, predicted_ms=round(predicted, 3), budget_met=met)
@@ -184,7 +202,9 @@ class Dispatcher:
             routing=routing,
         )
 
-    async def _cascade(self, body: RerankRequest, texts: list[str], budget: Budget) -> Outcome:
+    async def _cascade(
+        self, body: RerankRequest, texts: list[str], budget: Budget, arrived: float
+    ) -> Outcome:
         spec = body.cascade
         first = self._route(
             spec.first if spec and spec.first else self.cascade_defaults.first, "cascade.first"
@@ -196,7 +216,9 @@ class Dispatcher:
         pairs = await self._encode(first, body.query, texts)
         keep = min(keep, len(pairs))
         loads = self.board.loads()
-        predicted = self.policy.predict(first, pairs.total_tokens, loads) + self.policy.predict(
+        predicted = self._spent_ms(arrived) + self.policy.predict(
+            first, pairs.total_tokens, loads
+        ) + self.policy.predict(
             second, pairs.total_tokens * keep // len(pairs), loads
         )
         first_logits = (await self._score(first, pairs)).tolist()

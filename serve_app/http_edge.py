@@ -96,6 +96,7 @@ class EdgeMiddleware:
         add_header = not (policy.proxy_sets_request_id and REQUEST_ID_HEADER in headers)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["arrived"] = started  # latency budgets count from here
         status = 500
         response_started = False
         counted = False

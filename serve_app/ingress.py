@@ -246,7 +246,9 @@ class RerankIngress:
         if call.max_tokens_per_doc is not None:
             texts = await asyncio.to_thread(self.truncator.truncate, texts, call.max_tokens_per_doc)
         started = time.perf_counter()
-        outcome = await self.dispatcher.rerank(as_rerank_request(body), texts)
+        outcome = await self.dispatcher.rerank(
+            as_rerank_request(body), texts, getattr(request.state, "arrived", None)
+        )
         model_seconds = time.perf_counter() - started
         request.state.model = outcome.model
         response.headers["x-rerank-model"] = outcome.served_by

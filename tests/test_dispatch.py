@@ -60,8 +60,10 @@ def make(checkpoint_root, routing: dict | None = None, default_model: str | None
     )
     models = FakeModels()
     board = LoadBoard(config.enabled_models)
+    # A stopped clock: predictions do not depend on how long this machine takes to tokenize.
     dispatcher = Dispatcher(
-        config, load_catalog(), load_encoders(config), ThreadPoolExecutor(2), models.score, board
+        config, load_catalog(), load_encoders(config), ThreadPoolExecutor(2), models.score, board,
+        clock=lambda: 0.0,
     )
     return dispatcher, models, board
 
@@ -96,6 +98,18 @@ def test_auto_or_a_budget_without_model_uses_the_budget_policy(plain):
     out = run(dispatcher, model="auto", max_latency_ms=1e-6)
     assert (out.model, out.routing.budget_met) == (TINY, False)
     assert out.documents == len(DOCS) and out.total_tokens > len(DOCS)
+
+
+def test_time_spent_before_the_decision_counts_against_the_budget(plain):
+    dispatcher, _, _ = plain
+    request = RerankRequest.model_validate(
+        {"model": "auto", "query": "q q", "documents": DOCS, "max_latency_ms": 500}
+    )
+    fresh = asyncio.run(dispatcher.rerank(request, DOCS, arrived=0.0))
+    assert (fresh.model, fresh.routing.budget_met) == (L12, True)
+    late = asyncio.run(dispatcher.rerank(request, DOCS, arrived=-1.0))  # 1 s already spent
+    assert (late.model, late.routing.budget_met) == (TINY, False)
+    assert late.routing.predicted_ms >= 1000
 
 
 def test_a_floor_above_every_model_is_a_400_naming_the_best(plain):

@@ -67,6 +67,15 @@ def test_the_most_accurate_model_that_fits_the_budget(policy):
     assert choice.predicted_ms == pytest.approx(4.0)
 
 
+def test_time_already_spent_counts_against_the_budget(policy):
+    # 1000 tokens: L12 12 ms, L6 6 ms. With 5 ms spent in the ingress, 13 ms fits only L6.
+    choice = policy.choose(Budget(max_latency_ms=13), 1000, measured(), spent_ms=5)
+    assert (choice.model, choice.budget_met) == (L6, True)
+    assert choice.predicted_ms == pytest.approx(11.0)
+    late = policy.choose(Budget(max_latency_ms=13), 1000, measured(), spent_ms=20)
+    assert (late.model, late.budget_met) == (TINY, False)
+
+
 def test_nothing_fits_gives_the_fastest_with_budget_not_met(policy):
     choice = policy.choose(Budget(max_latency_ms=0.5), 10_000, measured())
     assert (choice.model, choice.budget_met) == (TINY, False)
