@@ -33,8 +33,9 @@ import numpy as np
 from load_tests.workload import describe, make_requests
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+def percentile_ms(seconds: list[float], q: float) -> float | None:
+    """For JSON output: None, not NaN (which is not JSON), when nothing was measured."""
+    return round(float(np.percentile(seconds, q)) * 1000, 1) if seconds else None
 
 
 def machine() -> dict:
@@ -240,9 +241,9 @@ def _summarise(records: list, docs: int) -> dict:
         "statuses": statuses,
         "requests_per_s": round(len(ok) / duration, 1),
         "docs_per_s": round(len(ok) * docs / duration),
-        "p50_ms": round(percentile(ok, 50) * 1000, 1),
-        "p90_ms": round(percentile(ok, 90) * 1000, 1),
-        "p99_ms": round(percentile(ok, 99) * 1000, 1),
+        "p50_ms": percentile_ms(ok, 50),
+        "p90_ms": percentile_ms(ok, 90),
+        "p99_ms": percentile_ms(ok, 99),
         "mean_ms": round(statistics.fmean(ok) * 1000, 1) if ok else None,
     }
 
@@ -271,8 +272,8 @@ def bench_http(args: argparse.Namespace) -> dict:
                    headers={"content-type": "application/json"}, timeout=60).raise_for_status()
         single.append(time.perf_counter() - start)
     if single:
-        out["idle_single_request_p50_ms"] = round(percentile(single, 50) * 1000, 1)
-        out["idle_single_request_p99_ms"] = round(percentile(single, 99) * 1000, 1)
+        out["idle_single_request_p50_ms"] = percentile_ms(single, 50)
+        out["idle_single_request_p99_ms"] = percentile_ms(single, 99)
         print(json.dumps({"idle": out["idle_single_request_p50_ms"]}), flush=True)
     _run_load(args, "closed", 1, bodies)  # warm every path
     for c in args.concurrency:

@@ -28,6 +28,10 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=DEMO, help="a Serve config file")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs for Ray")
+    parser.add_argument(
+        "--num-gpus", type=int, default=None,
+        help="logical GPUs for Ray (default: the GPUs Ray detects)",
+    )
     parser.add_argument("--models", nargs="*", help="substrings of model names to keep")
     args = parser.parse_args()
 
@@ -40,7 +44,10 @@ def main() -> None:
         if app_args.get("default_model") not in (None, *names):
             app_args["default_model"] = names[0]
 
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        include_dashboard=False, log_to_driver=False,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
