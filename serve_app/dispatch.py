@@ -216,10 +216,11 @@ class Dispatcher:
         pairs = await self._encode(first, body.query, texts)
         keep = min(keep, len(pairs))
         loads = self.board.loads()
-        predicted = self._spent_ms(arrived) + self.policy.predict(
-            first, pairs.total_tokens, loads
-        ) + self.policy.predict(
-            second, pairs.total_tokens * keep // len(pairs), loads
+        second_tokens = pairs.total_tokens * keep // len(pairs)  # before the cut is known
+        predicted = (
+            self._spent_ms(arrived)
+            + self.policy.predict(first, pairs.total_tokens, loads)
+            + self.policy.predict(second, second_tokens, loads)
         )
         first_logits = (await self._score(first, pairs)).tolist()
         kept = top_indices(first_logits, keep)

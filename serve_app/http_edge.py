@@ -1,7 +1,7 @@
 """The HTTP edge, as one pure ASGI middleware in front of every route: request ids, the
 admission limit (503), the body size limit (413), API-key authentication (401) and one
-structured access-log line per request. No Ray: the policy comes from a resolver, so unit tests drive it with a plain
-Starlette app.
+structured access-log line per request. No Ray: the policy comes from a resolver, so unit
+tests drive it with a plain Starlette app.
 
 Access logs carry ids, sizes, statuses and timings, never a key, a query or a document.
 """
