@@ -216,7 +216,7 @@ class Dispatcher:
         pairs = await self._encode(first, body.query, texts)
         keep = min(keep, len(pairs))
         loads = self.board.loads()
-        second_tokens = pairs.total_tokens * keep // len(pairs)  # before the cut is known
+        second_tokens = pairs.total_tokens * keep // len(pairs)  # estimate: which are kept is not known yet
         predicted = (
             self._spent_ms(arrived)
             + self.policy.predict(first, pairs.total_tokens, loads)
