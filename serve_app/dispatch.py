@@ -216,7 +216,8 @@ class Dispatcher:
         pairs = await self._encode(first, body.query, texts)
         keep = min(keep, len(pairs))
         loads = self.board.loads()
-        second_tokens = pairs.total_tokens * keep // len(pairs)  # estimate: which are kept is not known yet
+        # Estimated: which documents the first stage keeps is not known yet.
+        second_tokens = pairs.total_tokens * keep // len(pairs)
         predicted = (
             self._spent_ms(arrived)
             + self.policy.predict(first, pairs.total_tokens, loads)
