@@ -161,7 +161,7 @@ class Dispatcher:
             predicted_ms=round(predicted, 3),
             budget_met=None if budget.max_latency_ms is None else predicted <= budget.max_latency_ms,
         )
-        return await self._single(model, pairs, body, routing)
+        return await self._single(model, pairs, body, texts, routing)
 
     async def _auto(
         self, body: RerankRequest, texts: list[str], budget: Budget, arrived: float
@@ -186,13 +186,18 @@ class Dispatcher:
             met = budget.max_latency_ms is None or predicted <= budget.max_latency_ms
         pairs = await self._reencode_if_needed(pairs, probe, model, body.query, texts)
         routing = RoutingInfo(policy=policy, predicted_ms=round(predicted, 3), budget_met=met)
-        return await self._single(model, pairs, body, routing)
+        return await self._single(model, pairs, body, texts, routing)
 
     async def _single(
-        self, model: str, pairs: EncodedPairs, body: RerankRequest, routing: RoutingInfo
+        self,
+        model: str,
+        pairs: EncodedPairs,
+        body: RerankRequest,
+        texts: list[str],
+        routing: RoutingInfo,
     ) -> Outcome:
         logits = await self._score(model, pairs)
-        self._maybe_shadow(model, pairs, logits, body)
+        self._maybe_shadow(model, pairs, logits, body.query, texts)
         return Outcome(
             model=model,
             served_by=model,
@@ -252,7 +257,7 @@ class Dispatcher:
     # -- shadow scoring ---------------------------------------------------------------
 
     def _maybe_shadow(
-        self, served: str, pairs: EncodedPairs, logits: np.ndarray, body: RerankRequest
+        self, served: str, pairs: EncodedPairs, logits: np.ndarray, query: str, texts: list[str]
     ) -> None:
         shadow = self.shadow
         if shadow is None or shadow.model == served:
@@ -262,19 +267,20 @@ class Dispatcher:
         if not self.shadow_sampler():
             return
         task = asyncio.get_running_loop().create_task(
-            self._shadow_score(served, pairs, logits, body)
+            self._shadow_score(served, pairs, logits, query, texts)
         )
         # Keep a reference until it finishes: the response never waits for it.
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _shadow_score(
-        self, served: str, pairs: EncodedPairs, logits: np.ndarray, body: RerankRequest
+        self, served: str, pairs: EncodedPairs, logits: np.ndarray, query: str, texts: list[str]
     ) -> None:
         model = self.shadow.model
         try:
             if self.encoders[model] is not self.encoders[served]:
-                pairs = await self._encode(model, body.query, body.document_texts())
+                # The texts the served model scored (after any `max_tokens_per_doc` cut).
+                pairs = await self._encode(model, query, texts)
             shadow_logits = await self._score(model, pairs)
             # Kendall tau is O(n^2): computed off the event loop, recorded on it.
             overlap, tau = await asyncio.to_thread(agreement, logits, shadow_logits)

@@ -36,11 +36,13 @@ FAKE_LOGITS = {
 class FakeModels:
     def __init__(self):
         self.calls: list[tuple[str, int]] = []
+        self.tokens: list[tuple[str, int]] = []  # (model, total tokens) per call
         self.gate: asyncio.Event | None = None  # when set, L12 waits on it
         self.failing: set[str] = set()
 
     async def score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
         self.calls.append((model, len(pairs)))
+        self.tokens.append((model, pairs.total_tokens))
         if model in self.failing:
             raise RuntimeError("replica died")
         if model == L12 and self.gate is not None:
@@ -48,11 +50,21 @@ class FakeModels:
         return FAKE_LOGITS[model](pairs)
 
 
-def make(checkpoint_root, routing: dict | None = None, default_model: str | None = None):
+def make(
+    checkpoint_root,
+    routing: dict | None = None,
+    default_model: str | None = None,
+    model_options: dict | None = None,
+):
     config = AppConfig.model_validate(
         {
             "models": [
-                {"name": m, "source": checkpoint_path(checkpoint_root, m)} for m in (TINY, L2, L12)
+                {
+                    "name": m,
+                    "source": checkpoint_path(checkpoint_root, m),
+                    **(model_options or {}).get(m, {}),
+                }
+                for m in (TINY, L2, L12)
             ],
             "default_model": default_model or L2,
             "routing": routing or {},
@@ -230,3 +242,26 @@ def test_shadow_scores_in_the_background_and_records_agreement(checkpoint_root):
     models.failing.add(L12)
     asyncio.run(scenario())
     assert dispatcher.shadow_metrics.summary.failed == 2  # responses still fine
+
+
+def test_a_shadow_model_with_its_own_encoder_scores_the_texts_the_served_model_scored(
+    checkpoint_root,
+):
+    # L12 with another query cap has its own encoder, so its shadow pairs are re-encoded.
+    dispatcher, models, _ = make(
+        checkpoint_root,
+        routing={"shadow": {"model": L12, "fraction": 1.0}},
+        model_options={L12: {"max_query_tokens": 32}},
+    )
+    assert dispatcher.encoders[L12] is not dispatcher.encoders[TINY]
+    request = RerankRequest.model_validate({"model": TINY, "query": "q", "documents": DOCS})
+    cut = ["a"] * len(DOCS)  # what `max_tokens_per_doc` would leave of the documents
+
+    async def scenario():
+        await dispatcher.rerank(request, cut)
+        await asyncio.gather(*list(dispatcher._background))
+
+    asyncio.run(scenario())
+    (served,), (shadowed,) = ([t for m, t in models.tokens if m == x] for x in (TINY, L12))
+    assert shadowed == served
+    assert dispatcher.shadow_metrics.summary.as_dict()["compared"] == 1
