@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -377,8 +378,12 @@ def edge_app(
         body = await request.json()
         request.state.model = "m"
         request.state.documents = len(body.get("documents", []))
-        return JSONResponse({"principal": request.state.principal.key_id, "bytes": len(
-            json.dumps(body))})
+        return JSONResponse({
+            "principal": request.state.principal.key_id,
+            "bytes": len(json.dumps(body)),
+            # Budget routing counts from here: set before the body was read.
+            "waited_s": time.perf_counter() - request.state.arrived,
+        })
 
     async def boom(request: Request) -> JSONResponse:
         raise RuntimeError("bug")
@@ -413,6 +418,7 @@ async def test_edge_authenticates_limits_bodies_and_tags_request_ids():
         ok = await client.post("/echo", json={"documents": ["secret text"]},
                                headers={**auth, "X-Request-ID": "abc-1"})
         assert ok.status_code == 200 and ok.json()["principal"] == "alice"
+        assert 0 <= ok.json()["waited_s"]
         assert ok.headers["x-request-id"] == "abc-1"
         denied = await client.post("/echo", json={})
         assert denied.status_code == 401 and denied.json()["error"]["type"] == "unauthorized"
