@@ -41,6 +41,7 @@ DOCS = [
     for i in range(12)
 ]
 ALLOWED_FAILURES = {503, 504, 429}
+CLIENT_TIMEOUT_S = 400  # above the ingress's model_calls.timeout_s: the server answers first
 
 
 def app_config(root) -> dict:
@@ -58,9 +59,12 @@ def app_config(root) -> dict:
             "max_ongoing_requests": 64,
             "max_queued_requests": 64,
             "backpressure": {"status_code": 503, "retry_after_s": 1},
-            # Generous: CI has 2 shared cores. failover_timeout_s bounds every wait for a
-            # replica that is not there.
-            "model_calls": {"timeout_s": 120, "failover_timeout_s": 3},
+            # Generous: CI has 2 shared cores. A call in flight to a replica whose node was
+            # SIGKILLed fails only once Ray's health checks declare the node dead, which on
+            # a loaded 2-core machine took over 120 s in one CI-like run; until then it
+            # waits, and timeout_s must not turn that wait into a 504. failover_timeout_s
+            # bounds every wait for a replica that is known to be gone.
+            "model_calls": {"timeout_s": 300, "failover_timeout_s": 3},
         },
         "models": [
             {
@@ -209,7 +213,7 @@ class Load:
         return self
 
     def _run(self) -> None:
-        with httpx.Client(timeout=180) as client:
+        with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
             while not self.stop.is_set():
                 rerank_once(client, self.cluster, self.model, self.tally)
 
@@ -318,7 +322,7 @@ def test_three_times_capacity_is_shed_with_retry_after_and_recovers(cluster):
 
 def test_gpu_node_loss_gives_quick_503s_and_a_new_node_restores_service(cluster):
     before = Tally()
-    with httpx.Client(timeout=180) as client:
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
         assert rerank_once(client, cluster, KILLED, before) == 200
 
         with Load(cluster, KILLED, workers=3) as load:
@@ -326,8 +330,10 @@ def test_gpu_node_loss_gives_quick_503s_and_a_new_node_restores_service(cluster)
             cluster.gpu_node.kill()
             killed_at = time.monotonic()
             # Requests in flight and new ones end with a 503 (never hang past the client's
-            # 180 s timeout, never a wrong answer) while no GPU node exists.
-            wait_until(lambda: load.tally.statuses[503] >= 3, 120, "503s without a GPU node")
+            # timeout, never a wrong answer) while no GPU node exists. The deadline is
+            # generous: the first 503s wait for Ray to declare the node dead (see
+            # `model_calls` above); the time taken is printed, not asserted.
+            wait_until(lambda: load.tally.statuses[503] >= 3, 360, "503s without a GPU node")
         outage = load.tally
         print(f"\nGPU node killed under load: {outage.summary()}")
         assert not outage.wrong, outage.wrong[:3]
