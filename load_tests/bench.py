@@ -58,6 +58,7 @@ def bench_engine(args: argparse.Namespace) -> dict:
     import torch
     from sentence_transformers import CrossEncoder
 
+    from serve_app.batching import PackingLimits
     from serve_app.catalog import load_catalog
     from serve_app.checkpoints import write_random_checkpoint
     from serve_app.engine import CrossEncoderEngine
@@ -65,6 +66,7 @@ def bench_engine(args: argparse.Namespace) -> dict:
 
     requests = make_requests(args.requests, args.docs, args.shape, seed=1)
     pairs = [(r.query, d) for r in requests for d in r.documents]
+    limits = PackingLimits(args.batch_tokens, args.batch_docs, args.batch_overhead)
     results = {"machine": machine(), "workload": {"shape": args.shape, "docs": args.docs}, "models": {}}
     for name in args.models:
         card = load_catalog().resolve(name)
@@ -79,12 +81,18 @@ def bench_engine(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         encoded = [encoder.encode(r.query, r.documents) for r in requests]
         tokenize_s = time.perf_counter() - t0
-        engine.score(encoded[:2], max_batch_tokens=args.batch_tokens, max_batch_docs=args.batch_docs)
+        engine.score(encoded[:2], limits)
         sync()
         t0 = time.perf_counter()
-        ours = engine.score(encoded, max_batch_tokens=args.batch_tokens, max_batch_docs=args.batch_docs)
+        ours = engine.score(encoded, limits)
         sync()
         forward_s = time.perf_counter() - t0
+        # One call per request, as an unloaded replica sees them: no cross-request packing.
+        t0 = time.perf_counter()
+        for one in encoded:
+            engine.score([one], limits)
+        sync()
+        forward_per_request_s = time.perf_counter() - t0
 
         cross_encoder = CrossEncoder(source, device=str(engine.device))
         if engine.dtype == "float16":
@@ -114,6 +122,7 @@ def bench_engine(args: argparse.Namespace) -> dict:
             "pairs": len(pairs),
             "tokenize_pairs_per_s": round(len(pairs) / tokenize_s),
             "forward_docs_per_s": round(len(pairs) / forward_s),
+            "forward_per_request_docs_per_s": round(len(pairs) / forward_per_request_s),
             "sentence_transformers_docs_per_s": round(len(pairs) / st_s),
             "sentence_transformers_per_query_docs_per_s": round(len(pairs) / st_per_query_s),
             "speedup_vs_sentence_transformers": round(st_s / forward_s, 2),
@@ -122,9 +131,7 @@ def bench_engine(args: argparse.Namespace) -> dict:
             "v100_published_docs_per_s": card.v100_docs_per_s,
         }
         if engine.device.type == "cuda" and engine.dtype != "float32":
-            reference32 = CrossEncoderEngine(source, dtype="float32").score(
-                encoded, max_batch_tokens=args.batch_tokens, max_batch_docs=args.batch_docs
-            )
+            reference32 = CrossEncoderEngine(source, dtype="float32").score(encoded, limits)
             entry["max_abs_logit_diff_fp16_vs_fp32"] = float(
                 np.abs(ours_flat - np.concatenate(reference32)).max()
             )
@@ -408,6 +415,8 @@ def main() -> None:
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--batch-tokens", type=int, default=65536)
     e.add_argument("--batch-docs", type=int, default=512)
+    e.add_argument("--batch-overhead", type=int, default=64,
+                   help="a forward pass's fixed cost in padded tokens (batch_cost_probe.py)")
     e.add_argument("--st-batch", type=int, default=32)
     e.add_argument("--out", required=True)
 

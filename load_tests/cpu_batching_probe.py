@@ -2,7 +2,7 @@
 against one call for all requests, and the calling thread vs an executor thread (as in the
 replica). Prints documents per second for each.
 
-    python load_tests/cpu_batching_probe.py [--threads 2] [--requests 6]
+    python load_tests/cpu_batching_probe.py [--threads 2] [--requests 6] [--batch-overhead 64]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from load_tests.workload import make_requests
+from serve_app.batching import PackingLimits
 from serve_app.catalog import load_catalog
 from serve_app.checkpoints import write_random_checkpoint
 from serve_app.engine import CrossEncoderEngine
@@ -25,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--requests", type=int, default=6)
+    parser.add_argument("--batch-overhead", type=int, default=PackingLimits.batch_overhead_tokens)
     parser.add_argument("--checkpoints", default=os.path.expanduser("~/.cache/rerank-serve/random-init"))
     args = parser.parse_args()
     card = load_catalog().resolve(L6)
@@ -33,17 +35,17 @@ def main() -> None:
     engine = CrossEncoderEngine(source, cpu_threads=args.threads)
     requests = [encoder.encode(r.query, r.documents) for r in make_requests(args.requests, 100, seed=1)]
     docs = sum(len(r) for r in requests)
-    budget = {"max_batch_tokens": 8192, "max_batch_docs": 32}
+    limits = PackingLimits(8192, 32, args.batch_overhead)
 
     def per_request() -> float:
         start = time.perf_counter()
         for r in requests:
-            engine.score([r], **budget)
+            engine.score([r], limits)
         return docs / (time.perf_counter() - start)
 
     def all_at_once() -> float:
         start = time.perf_counter()
-        engine.score(requests, **budget)
+        engine.score(requests, limits)
         return docs / (time.perf_counter() - start)
 
     pool = ThreadPoolExecutor(1, initializer=engine.use_this_thread)

@@ -47,8 +47,10 @@ serve_down() { kill -TERM "$SERVE_PID"; wait "$SERVE_PID"; }
 case $phase in
 gpu)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  # A forward pass's fixed cost, for batching.batch_overhead_tokens (configs guess 4096).
+  $py load_tests/batch_cost_probe.py --model $L6 | tee "$out/batch-cost-gpu.txt"
   $py -m load_tests.bench engine --models "${MODELS[@]}" --requests $REQ --st-batch 256 \
-    --batch-docs 512 --batch-tokens 65536 --out "$out/engine-gpu.json"
+    --batch-docs 512 --batch-tokens 65536 --batch-overhead 4096 --out "$out/engine-gpu.json"
   serve_up deployments/bench-gpu-l6.yaml "" 16 || exit 1
   $py -m load_tests.bench http --url http://127.0.0.1:$PORT --model $L6 \
     --concurrency "${CONC[@]}" --rate-fractions 0.7 --duration $DUR --idle-requests $IDLE \

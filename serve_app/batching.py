@@ -1,37 +1,70 @@
 """Length-aware packing of (query, document) pairs into forward passes under a token budget.
 
-Plain Python, no Ray or torch: Serve's `@serve.batch` gathers whole requests; this module
-decides how their pairs are cut into padded model batches. Sorting by length keeps
-padding small; the budget bounds activation memory whatever the mix of lengths.
+Plain Python and numpy, no Ray or torch: Serve's `@serve.batch` gathers whole requests;
+this module decides how their pairs are cut into padded model batches.
+
+A forward pass costs about its padded tokens (`rows * longest`) plus a fixed overhead
+(`load_tests/batch_cost_probe.py` measures both). Cutting the length-sorted pairs wherever
+the buckets happen to fill pads a whole batch to the one long tail passage it caught: on the
+standard workload that wasted 45% of the compute of a 100-document request. So the cut
+points are chosen to minimise padded tokens plus `batch_overhead_tokens` per batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PackingLimits:
+    """How one forward pass may be filled. `batch_overhead_tokens` prices a pass's fixed
+    cost in padded tokens; 64 fits a CPU (40 measured for MiniLM-L6 on one core), a GPU
+    wants thousands (kernel launches dwarf a short batch)."""
+
+    max_batch_tokens: int = 32768
+    max_batch_docs: int = 512
+    batch_overhead_tokens: int = 64
 
 
 def pack_by_token_budget(
-    lengths: Sequence[int], max_batch_tokens: int, max_batch_docs: int
+    lengths: Sequence[int] | np.ndarray, limits: PackingLimits
 ) -> list[list[int]]:
-    """Group indices of `lengths` into batches, longest first.
+    """Group indices of `lengths` into batches, longest first, at the least estimated cost.
 
-    A batch's padded cost is `len(batch) * max(length in batch)`; it never exceeds
-    `max_batch_tokens` unless a single pair alone does, and never holds more than
-    `max_batch_docs` pairs. Every index appears exactly once.
+    A batch never exceeds `limits.max_batch_tokens` padded tokens (`len(batch) * longest`)
+    unless a single pair alone does, and never holds more than `limits.max_batch_docs`
+    pairs. Every index appears exactly once.
+
+    Pairs of equal length are interchangeable, so the search runs over runs of equal
+    length (at most the model's maximum length of them, whatever the number of pairs):
+    a batch group spans whole runs and, where it exceeds a limit, is split into as many
+    batches as the limits need.
     """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) == 0:
+        return []
+    order = np.argsort(-lengths, kind="stable")
+    values, counts = np.unique(lengths, return_counts=True)
+    values, counts = values[::-1], counts[::-1]  # runs, longest first
+    run_start = np.concatenate(([0], np.cumsum(counts)))  # position in `order` of each run
+    rows_cap = np.clip(limits.max_batch_tokens // np.maximum(values, 1), 1, limits.max_batch_docs)
+    # best[b]: least cost of packing runs [0, b); came_from[b]: where its last group starts.
+    best = np.zeros(len(values) + 1)
+    came_from = np.zeros(len(values) + 1, dtype=np.int64)
+    for b in range(1, len(values) + 1):
+        rows = run_start[b] - run_start[:b]
+        batches_needed = -(-rows // rows_cap[:b])
+        cost = best[:b] + rows * values[:b] + limits.batch_overhead_tokens * batches_needed
+        came_from[b] = a = int(np.argmin(cost))
+        best[b] = cost[a]
     batches: list[list[int]] = []
-    current: list[int] = []
-    padded_len = 0  # length of the batch's first (longest) pair
-    for i in order:
-        if current and (
-            len(current) >= max_batch_docs or padded_len * (len(current) + 1) > max_batch_tokens
-        ):
-            batches.append(current)
-            current = []
-        if not current:
-            padded_len = lengths[i]
-        current.append(i)
-    if current:
-        batches.append(current)
+    b = len(values)
+    while b > 0:
+        a = came_from[b]
+        start, stop, cap = run_start[a], run_start[b], rows_cap[a]
+        batches[:0] = [order[i : min(i + cap, stop)].tolist() for i in range(start, stop, cap)]
+        b = a
     return batches

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.batching import PackingLimits
 from serve_app.catalog import UnknownModelError, load_catalog
 
 DEFAULT_RANDOM_CHECKPOINT_ROOT = "~/.cache/rerank-serve/random-init"
@@ -48,13 +49,19 @@ class BatchingSettings(_Strict):
     """Sent to replicas as Serve `user_config`, so it can change at runtime without a restart.
 
     `max_batch_size` and `batch_wait_timeout_s` drive `@serve.batch` (requests per batch);
-    `max_batch_tokens` and `max_batch_docs` bound one forward pass (padded tokens, pairs).
+    `max_batch_tokens` and `max_batch_docs` bound one forward pass (padded tokens, pairs);
+    `batch_overhead_tokens` is a pass's fixed cost, which decides where the packer cuts.
     """
 
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
-    max_batch_tokens: int = Field(32768, ge=512)
-    max_batch_docs: int = Field(512, ge=1)
+    max_batch_tokens: int = Field(PackingLimits.max_batch_tokens, ge=512)
+    max_batch_docs: int = Field(PackingLimits.max_batch_docs, ge=1)
+    batch_overhead_tokens: int = Field(PackingLimits.batch_overhead_tokens, ge=0)
+
+    @property
+    def packing(self) -> PackingLimits:
+        return PackingLimits(self.max_batch_tokens, self.max_batch_docs, self.batch_overhead_tokens)
 
 
 class BackpressureSettings(_Strict):

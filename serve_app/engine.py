@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from serve_app.batching import pack_by_token_budget
+from serve_app.batching import PackingLimits, pack_by_token_budget
 from serve_app.checkpoints import RANDOM_INIT_MARKER
 from serve_app.tokenization import EncodedPairs
 
@@ -53,11 +53,7 @@ class CrossEncoderEngine:
             torch.set_num_threads(self.cpu_threads)
 
     def score(
-        self,
-        requests: list[EncodedPairs],
-        *,
-        max_batch_tokens: int = 32768,
-        max_batch_docs: int = 512,
+        self, requests: list[EncodedPairs], limits: PackingLimits = PackingLimits()
     ) -> list[np.ndarray]:
         """One float32 logit per pair, per request, in the requests' document order."""
         heads = np.concatenate(
@@ -69,7 +65,7 @@ class CrossEncoderEngine:
             [np.concatenate(([0], np.cumsum(r.doc_lengths)[:-1])) for r in requests]
         ).astype(np.int64)
         logits = np.empty(len(lengths), dtype=np.float32)
-        for batch in pack_by_token_budget(lengths.tolist(), max_batch_tokens, max_batch_docs):
+        for batch in pack_by_token_budget(lengths, limits):
             # Padding value is irrelevant: padded positions are masked out.
             ids = np.zeros((len(batch), int(lengths[batch].max())), dtype=np.int64)
             for row, i in enumerate(batch):

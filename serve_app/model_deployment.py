@@ -65,12 +65,7 @@ class RerankModel:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _score_batch(self, requests: list[EncodedPairs]) -> list[np.ndarray]:
-        run = partial(
-            self.engine.score,
-            requests,
-            max_batch_tokens=self.batching.max_batch_tokens,
-            max_batch_docs=self.batching.max_batch_docs,
-        )
+        run = partial(self.engine.score, requests, self.batching.packing)
         started = time.perf_counter()
         logits = await asyncio.get_running_loop().run_in_executor(self._executor, run)
         self.stats_recorder.record_batch(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from serve_app.batching import PackingLimits
 from serve_app.checkpoints import RANDOM_INIT_MARKER, write_random_checkpoint
 from serve_app.catalog import load_catalog
 from serve_app.engine import CrossEncoderEngine
@@ -67,7 +68,7 @@ def test_one_encoder_serves_the_whole_family(checkpoint_root):
 def test_logits_match_sentence_transformers_within_1e_4(engine, encoder):
     from sentence_transformers import CrossEncoder
 
-    served = engine.score([encoder.encode(QUERY, DOCS)], max_batch_docs=3)[0]
+    served = engine.score([encoder.encode(QUERY, DOCS)], PackingLimits(max_batch_docs=3))[0]
     reference = CrossEncoder(engine.source, device="cpu").predict(
         [(QUERY, d) for d in DOCS], activation_fn=torch.nn.Identity()
     )
@@ -89,11 +90,11 @@ def test_batching_does_not_change_scores(engine, encoder):
     requests = [(QUERY, DOCS), ("bananas", DOCS[:3])]
     together = engine.score(
         [encoder.encode(q, docs) for q, docs in requests],
-        max_batch_tokens=100_000,
-        max_batch_docs=1000,
+        # A pass's overhead priced above any padding: all pairs go in one padded batch.
+        PackingLimits(max_batch_tokens=100_000, max_batch_docs=1000, batch_overhead_tokens=10**6),
     )
     one_by_one = [
-        engine.score([encoder.encode(q, [d])], max_batch_docs=1)[0][0]
+        engine.score([encoder.encode(q, [d])], PackingLimits(max_batch_docs=1))[0][0]
         for q, docs in requests
         for d in docs
     ]
