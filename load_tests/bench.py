@@ -58,7 +58,7 @@ def bench_engine(args: argparse.Namespace) -> dict:
     import torch
     from sentence_transformers import CrossEncoder
 
-    from serve_app.batching import PackingLimits
+    from serve_app.batching import PackingLimits, pack_by_token_budget
     from serve_app.catalog import load_catalog
     from serve_app.checkpoints import write_random_checkpoint
     from serve_app.engine import CrossEncoderEngine
@@ -93,6 +93,7 @@ def bench_engine(args: argparse.Namespace) -> dict:
             engine.score([one], limits)
         sync()
         forward_per_request_s = time.perf_counter() - t0
+        per_request_batches = [pack_by_token_budget(one.pair_lengths, limits) for one in encoded]
 
         cross_encoder = CrossEncoder(source, device=str(engine.device))
         if engine.dtype == "float16":
@@ -123,6 +124,15 @@ def bench_engine(args: argparse.Namespace) -> dict:
             "tokenize_pairs_per_s": round(len(pairs) / tokenize_s),
             "forward_docs_per_s": round(len(pairs) / forward_s),
             "forward_per_request_docs_per_s": round(len(pairs) / forward_per_request_s),
+            "per_request_packing": {
+                "tokens": int(sum(one.pair_lengths.sum() for one in encoded)),
+                "padded_tokens": sum(
+                    len(batch) * int(one.pair_lengths[batch].max())
+                    for one, batches in zip(encoded, per_request_batches)
+                    for batch in batches
+                ),
+                "forward_passes": sum(len(batches) for batches in per_request_batches),
+            },
             "sentence_transformers_docs_per_s": round(len(pairs) / st_s),
             "sentence_transformers_per_query_docs_per_s": round(len(pairs) / st_per_query_s),
             "speedup_vs_sentence_transformers": round(st_s / forward_s, 2),
@@ -385,11 +395,16 @@ def plot(args: argparse.Namespace) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for path in args.files:
         data = json.loads(Path(path).read_text())
-        rows = sorted(data["closed_loop"], key=lambda r: r["docs_per_s"])
+        rows = sorted(data["closed_loop"], key=lambda r: r["concurrency"])
         label = f'{data["model"].split("/")[-1]} ({data.get("shape", "standard")})'
+        if len(args.files) > 1:
+            label += f" {Path(path).stem}"
         ax.plot([r["docs_per_s"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=f"{label} p99")
         ax.plot([r["docs_per_s"] for r in rows], [r["p50_ms"] for r in rows], "x--", label=f"{label} p50")
-    ax.set_xlabel("documents scored per second (through HTTP)")
+        for r in rows:  # points joined in order of rising load, each marked with its clients
+            ax.annotate(f'{r["concurrency"]}', (r["docs_per_s"], r["p99_ms"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("documents scored per second (through HTTP); numbers: concurrent clients")
     ax.set_ylabel("request latency, ms (100 docs per request)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)

@@ -5,9 +5,9 @@ this module decides how their pairs are cut into padded model batches.
 
 A forward pass costs about its padded tokens (`rows * longest`) plus a fixed overhead
 (`load_tests/batch_cost_probe.py` measures both). Cutting the length-sorted pairs wherever
-the buckets happen to fill pads a whole batch to the one long tail passage it caught: on the
-standard workload that wasted 45% of the compute of a 100-document request. So the cut
-points are chosen to minimise padded tokens plus `batch_overhead_tokens` per batch.
+a batch happens to fill pads a whole batch to the one long tail passage it caught, and a
+100-document request has few pairs to sort. So the cut points are chosen to minimise padded
+tokens plus `batch_overhead_tokens` per batch (docs/PERFORMANCE.md has the effect).
 """
 
 from __future__ import annotations
