@@ -21,8 +21,8 @@ import numpy as np
 @dataclass(frozen=True)
 class PackingLimits:
     """How one forward pass may be filled. `batch_overhead_tokens` prices a pass's fixed
-    cost in padded tokens; 64 fits a CPU (40 measured for MiniLM-L6 on one core), a GPU
-    wants thousands (kernel launches dwarf a short batch)."""
+    cost in padded tokens; 64 fits a CPU (MiniLM-L6 measured 30 on one thread, 58 on two),
+    a GPU wants thousands (kernel launches dwarf a short batch)."""
 
     max_batch_tokens: int = 32768
     max_batch_docs: int = 512
