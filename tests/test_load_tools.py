@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+
+import httpx
+
+from load_tests import bench
 from load_tests.bench import _summarise
 from load_tests.workload import describe, make_requests
 from serve_app.checkpoints import tokenizer_dir
@@ -34,3 +39,20 @@ def test_summary_counts_only_successes_in_rates_and_percentiles():
     assert summary["statuses"] == {"200": 2, "503": 1}
     assert summary["docs_per_s"] == 200  # 2 ok requests x 100 docs over 1.0 s spanned
     assert summary["p50_ms"] == 300.0
+
+
+def test_http_bench_sends_the_api_key_on_every_request(monkeypatch):
+    seen = []
+
+    def fake_post(url, content, headers, timeout):
+        seen.append(headers.get("authorization"))
+        return httpx.Response(200, request=httpx.Request("POST", url))
+
+    monkeypatch.setattr(httpx, "post", fake_post)
+    args = argparse.Namespace(
+        url="http://127.0.0.1:1", model="m", docs=2, shape="standard", idle_requests=3,
+        concurrency=[], rates=[], rate_fractions=[], api_key="k1", client_procs=1, duration=1,
+    )
+    out = bench.bench_http(args)
+    assert seen == ["Bearer k1"] * 4  # one untimed warm request, then the 3 idle ones
+    assert out["idle_single_request_p50_ms"] is not None
