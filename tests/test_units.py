@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from serve_app.batching import PackingLimits, pack_by_token_budget
 from serve_app.catalog import UnknownModelError, load_catalog
-from serve_app.config import AppConfig, ModelDeploymentConfig
+from serve_app.config import AppConfig, BatchingSettings, ModelDeploymentConfig
 from serve_app.ranking import rank, sigmoid
 from serve_app.router import ModelRouter
 from serve_app.schemas import RerankRequest
@@ -202,6 +202,14 @@ def test_packing_finds_the_cheapest_cut_of_the_sorted_pairs(seed):
     )
     batches = pack_by_token_budget(lengths, PackingLimits(10**9, 10**9, overhead))
     assert _padded_cost(batches, lengths, overhead) == cheapest
+
+
+def test_batching_config_sets_every_packing_limit():
+    settings = BatchingSettings.model_validate(
+        {"max_batch_tokens": 4096, "max_batch_docs": 16, "batch_overhead_tokens": 7}
+    )
+    assert settings.packing == PackingLimits(4096, 16, 7)
+    assert BatchingSettings().packing == PackingLimits()
 
 
 def test_packing_nothing_gives_no_batches():
