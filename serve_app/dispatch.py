@@ -34,6 +34,7 @@ logger = logging.getLogger("ray.serve")
 
 AUTO = "auto"
 CASCADE = "cascade"
+ENCODE_SLICE_DOCS = 32  # documents per tokenizer call; more run as parallel slices
 
 ScoreFn = Callable[[str, EncodedPairs], Awaitable[np.ndarray]]
 
@@ -95,9 +96,18 @@ class Dispatcher:
     # -- plumbing ---------------------------------------------------------------------
 
     async def _encode(self, model: str, query: str, texts: list[str]) -> EncodedPairs:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.encode_pool, self.encoders[model].encode, query, texts
+        # Slices encode in parallel on the pool's threads: a lone request's documents use
+        # several cores (the tokenizer's own parallelism is off in the ingress).
+        encode, loop = self.encoders[model].encode, asyncio.get_running_loop()
+        slices = max(1, -(-len(texts) // ENCODE_SLICE_DOCS))
+        size = max(1, -(-len(texts) // slices))  # even slices: 100 documents are 4 x 25
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(self.encode_pool, encode, query, texts[i : i + size])
+                for i in range(0, len(texts), size) or [0]
+            )
         )
+        return EncodedPairs.concat(list(parts))
 
     async def _reencode_if_needed(
         self, pairs: EncodedPairs, encoded_for: str, model: str, query: str, texts: list[str]

@@ -8,6 +8,7 @@ ledger (ledger.py), one replica shared by every ingress replica.
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -155,7 +156,10 @@ class RerankIngress:
         self.deployment_names = {m.name: m.short_name for m in config.models}
         self.encoders = load_encoders(config)
         # The fast tokenizer releases the GIL: encoding in threads keeps the event loop free
-        # and uses every core the replica has.
+        # and uses every core the replica has. Its own thread pool stays off: each busy
+        # ingress process would spin one thread per core of the host against the others
+        # (docs/PERFORMANCE.md measures the cost); requests are sliced over these threads.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self._tokenize_pool = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="tok")
         self.load_board = LoadBoard(config.enabled_models)
         self.stats_poller = StatsPoller(

@@ -265,3 +265,16 @@ def test_a_shadow_model_with_its_own_encoder_scores_the_texts_the_served_model_s
     (served,), (shadowed,) = ([t for m, t in models.tokens if m == x] for x in (TINY, L12))
     assert shadowed == served
     assert dispatcher.shadow_metrics.summary.as_dict()["compared"] == 1
+
+
+@pytest.mark.parametrize("count", [0, 1, 31, 32, 33, 100, 257])
+def test_sliced_parallel_encoding_equals_one_serial_encode(plain, count):
+    """Requests are tokenized in slices on the pool's threads and joined: the result must
+    be exactly the one-call encoding, in document order."""
+    dispatcher, _, _ = plain
+    texts = [f"doc {i} " + "word " * (i * 7 % 60) for i in range(count)]
+    whole = dispatcher.encoders[TINY].encode("a query", texts)
+    sliced = asyncio.run(dispatcher._encode(TINY, "a query", texts))
+    assert sliced.head.tolist() == whole.head.tolist()
+    assert sliced.doc_lengths.tolist() == whole.doc_lengths.tolist()
+    assert sliced.doc_ids.tolist() == whole.doc_ids.tolist()
