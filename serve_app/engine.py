@@ -56,27 +56,35 @@ class CrossEncoderEngine:
         self, requests: list[EncodedPairs], limits: PackingLimits = PackingLimits()
     ) -> list[np.ndarray]:
         """One float32 logit per pair, per request, in the requests' document order."""
-        heads = np.concatenate(
-            [np.full(len(r), len(r.head), dtype=np.int64) for r in requests]
-        )
+        sizes = [len(r) for r in requests]
+        owner = np.repeat(np.arange(len(requests)), sizes)
+        head_lengths = np.array([len(r.head) for r in requests], dtype=np.int64)
+        heads = head_lengths[owner]
         lengths = np.concatenate([r.pair_lengths for r in requests]).astype(np.int64)
-        owner = np.repeat(np.arange(len(requests)), [len(r) for r in requests])
-        starts = np.concatenate(
-            [np.concatenate(([0], np.cumsum(r.doc_lengths)[:-1])) for r in requests]
-        ).astype(np.int64)
-        logits = np.empty(len(lengths), dtype=np.float32)
+        # Each pair's head and document as offsets into the requests' ids laid end to end.
+        head_ids = np.concatenate([r.head for r in requests])
+        doc_ids = np.concatenate([r.doc_ids for r in requests])
+        pair_head_start = (np.cumsum(head_lengths) - head_lengths)[owner]
+        pair_doc_start = np.cumsum(lengths - heads) - (lengths - heads)
+        # Launch every batch before reading any result back: on a GPU the host pads the
+        # next batch while the device computes this one; one copy back at the end.
+        launched = []
         for batch in pack_by_token_budget(lengths, limits):
-            # Padding value is irrelevant: padded positions are masked out.
-            ids = np.zeros((len(batch), int(lengths[batch].max())), dtype=np.int64)
-            for row, i in enumerate(batch):
-                r, h, s = requests[owner[i]], heads[i], starts[i]
-                ids[row, :h] = r.head
-                ids[row, h : lengths[i]] = r.doc_ids[s : s + lengths[i] - h]
-            logits[batch] = self._forward(ids, lengths[batch], heads[batch])
-        offsets = np.cumsum([0] + [len(r) for r in requests])
+            batch = np.asarray(batch)
+            ids = _padded_ids(
+                head_ids, pair_head_start[batch], heads[batch],
+                doc_ids, pair_doc_start[batch], lengths[batch],
+            )
+            launched.append((batch, self._forward(ids, lengths[batch], heads[batch])))
+        logits = np.empty(len(lengths), dtype=np.float32)
+        if launched:
+            together = torch.cat([t for _, t in launched]).float().cpu().numpy()
+            logits[np.concatenate([b for b, _ in launched])] = together
+        offsets = np.cumsum([0] + sizes)
         return [logits[a:b] for a, b in zip(offsets, offsets[1:])]
 
-    def _forward(self, ids: np.ndarray, lengths: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    def _forward(self, ids: np.ndarray, lengths: np.ndarray, heads: np.ndarray) -> torch.Tensor:
+        """Logits on the device, not waited for."""
         on_gpu = self.device.type == "cuda"
 
         def to_device(array: np.ndarray) -> torch.Tensor:
@@ -89,12 +97,11 @@ class CrossEncoderEngine:
         attention_mask = positions < lengths_t[:, None]
         token_type_ids = ((positions >= heads_t[:, None]) & attention_mask).long()
         with torch.inference_mode():
-            logits = self.model(
+            return self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask.long(),
                 token_type_ids=token_type_ids,
             ).logits[:, 0]
-        return logits.float().cpu().numpy()
 
     def warmup(self, head_tokens: int = 10) -> None:
         """One pass at short and at full length, so the first user request pays no
@@ -111,3 +118,17 @@ class CrossEncoderEngine:
             "dtype": self.dtype,
             "weights": "random" if self.random_weights else "pretrained",
         }
+
+
+def _padded_ids(
+    head_ids: np.ndarray, head_start: np.ndarray, head_len: np.ndarray,
+    doc_ids: np.ndarray, doc_start: np.ndarray, pair_len: np.ndarray,
+) -> np.ndarray:
+    """Rows of `[head][document]` ids, zero-padded to the longest pair (padded positions
+    are masked out, so their value is irrelevant). Vectorised: no Python loop per row."""
+    positions = np.arange(int(pair_len.max()))[None, :]
+    in_head = positions < head_len[:, None]
+    in_pair = positions < pair_len[:, None]
+    from_head = np.take(head_ids, head_start[:, None] + positions, mode="clip")
+    from_doc = np.take(doc_ids, doc_start[:, None] + positions - head_len[:, None], mode="clip")
+    return np.where(in_head, from_head, np.where(in_pair, from_doc, 0)).astype(np.int64)

@@ -145,3 +145,33 @@ def test_forward_thread_uses_the_configured_cpu_threads(checkpoint_root):
         assert replica._executor.submit(_openmp_max_threads).result() == wanted
     finally:
         torch.set_num_threads(before)
+
+
+def test_every_row_the_engine_runs_is_exactly_one_pairs_ids(encoder, monkeypatch):
+    """The padded id matrix, checked without a model: each row, cut at its length, is one
+    pair's `[CLS] query [SEP] document [SEP]`, and each logit lands on its own pair."""
+    requests = [
+        encoder.encode(QUERY, DOCS),
+        encoder.encode("bananas", DOCS[::-1] * 3),
+        encoder.encode("a much longer query " * 5, DOCS[:2]),
+    ]
+    expected = {tuple(ids) for r in requests for ids in pair_ids(r)}
+    seen = []
+
+    def forward(ids, lengths, heads):
+        rows = [tuple(row[:n].tolist()) for row, n in zip(ids, lengths)]
+        assert all((row[n:] == 0).all() for row, n in zip(ids, lengths))
+        seen.extend(rows)
+        # A logit that names its pair: the sum of its ids.
+        return torch.tensor([float(sum(r)) for r in rows])
+
+    engine = CrossEncoderEngine.__new__(CrossEncoderEngine)
+    engine.device = torch.device("cpu")
+    monkeypatch.setattr(engine, "_forward", forward)
+    for limits in (PackingLimits(), PackingLimits(max_batch_docs=3, batch_overhead_tokens=0)):
+        seen.clear()
+        logits = engine.score(requests, limits)
+        assert sorted(seen) == sorted(tuple(ids) for r in requests for ids in pair_ids(r))
+        assert set(seen) == expected
+        for r, out in zip(requests, logits):
+            assert out.tolist() == [float(sum(ids)) for ids in pair_ids(r)]
