@@ -270,14 +270,18 @@ def _summarise(records: list, docs: int) -> dict:
     }
 
 
-def _replicas(url: str) -> dict:
+def _models(url: str) -> dict[str, dict]:
+    """`/v1/models` entries by model id; empty if the service does not answer."""
     import httpx
 
     try:
-        data = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
-        return {m["id"]: m.get("replicas") for m in data}
+        return {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]}
     except Exception:
         return {}
+
+
+def _replicas(url: str) -> dict:
+    return {name: m.get("replicas") for name, m in _models(url).items()}
 
 
 def bench_http(args: argparse.Namespace) -> dict:
@@ -329,9 +333,10 @@ def bench_autoscale(args: argparse.Namespace) -> dict:
 
     def sampler() -> None:
         while not stop.is_set():
-            replicas = _replicas(args.url).get(load_catalog_name(args.model))
+            entry = _models(args.url).get(load_catalog_name(args.model), {})
             samples.append({"t_s": round(time.perf_counter() - begin, 1), "phase": phase["name"],
-                            "offered_rps": phase["rate"], "replicas": replicas})
+                            "offered_rps": phase["rate"], "replicas": entry.get("replicas"),
+                            "starting": entry.get("replicas_starting")})
             stop.wait(1.0)
 
     thread = threading.Thread(target=sampler, daemon=True)
@@ -354,8 +359,17 @@ def bench_autoscale(args: argparse.Namespace) -> dict:
     peak = max((s["replicas"] or 0) for s in samples) if samples else None
     back = next((s["t_s"] for s in samples if s["phase"] == "load stopped"
                  and s["replicas"] == args.min_replicas), None)
+    def first(condition) -> float | None:
+        return next((s["t_s"] for s in samples if condition(s)), None)
+
     return {"machine": machine(), "model": args.model, "steps": steps, "samples": samples,
-            "peak_replicas": peak, "back_to_min_at_s": back}
+            "peak_replicas": peak,
+            # When the autoscaler first added a replica, and when one first ran.
+            "first_scale_up_at_s": first(
+                lambda s: (s["replicas"] or 0) + (s["starting"] or 0) > args.min_replicas),
+            "first_added_running_at_s": first(lambda s: (s["replicas"] or 0) > args.min_replicas),
+            "load_stopped_at_s": first(lambda s: s["phase"] == "load stopped"),
+            "back_to_min_at_s": back}
 
 
 def load_catalog_name(name: str) -> str:
@@ -371,9 +385,16 @@ def plot_autoscale(data: dict, out: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    # A sample is None when /v1/models went unanswered (an overloaded ingress sheds it too).
+    known = [s for s in data["samples"] if s["replicas"] is not None]
+    t_known = [s["t_s"] for s in known]
+    running = [s["replicas"] for s in known]
+    # The autoscaler's decision shows as soon as it adds a replica; running, once it is up.
+    wanted = [r + (s.get("starting") or 0) for r, s in zip(running, known)]
+    top.step(t_known, wanted, "k:", where="post", label="running + starting")
+    top.step(t_known, running, where="post", label="running")
     t = [s["t_s"] for s in data["samples"]]
-    top.step(t, [s["replicas"] or 0 for s in data["samples"]], where="post", label="replicas")
-    top.set_ylabel("running replicas")
+    top.set_ylabel("replicas (dotted: incl. starting)")
     load = top.twinx()
     load.step(t, [s["offered_rps"] for s in data["samples"]], "r--", where="post")
     load.set_ylabel("offered requests/s (red)")

@@ -37,6 +37,10 @@ class AutoscalingSettings(_Strict):
     target_ongoing_requests: float = Field(8, gt=0)
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(60.0, ge=0)
+    look_back_period_s: float | None = Field(
+        None, gt=0, description="Window the load is averaged over; None: Serve's (30 s). "
+        "Shorter reacts to a burst sooner and to noise more."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "AutoscalingSettings":

@@ -326,11 +326,12 @@ class RerankIngress:
         infos = await asyncio.gather(
             *(self._describe(name) for name in self.config.enabled_models)
         )
-        replicas = self._replica_counts()
+        states = self._replica_states()
         data = []
         for name, info in zip(self.config.enabled_models, infos):
             card = self.catalog.cards[name]
             deployment = self.deployment_names[name]
+            state = states.get(deployment)
             data.append(
                 ModelEntry(
                     id=name,
@@ -339,7 +340,8 @@ class RerankIngress:
                     weights=info.get("weights"),
                     device=info.get("device"),
                     dtype=info.get("dtype"),
-                    replicas=replicas.get(deployment),
+                    replicas=state.get("RUNNING", 0) if state is not None else None,
+                    replicas_starting=state.get("STARTING", 0) if state is not None else None,
                     **card.public_metadata(),
                 )
             )
@@ -372,17 +374,19 @@ class RerankIngress:
             return {}
 
     def _model_replica_counts(self) -> dict[str, int]:
-        counts = self._replica_counts()
-        return {m: counts[d] for m, d in self.deployment_names.items() if d in counts}
+        """Running replicas per model."""
+        states = self._replica_states()
+        return {
+            m: states[d].get("RUNNING", 0) for m, d in self.deployment_names.items() if d in states
+        }
 
-    def _replica_counts(self) -> dict[str, int]:
-        """Running replicas per deployment, from the Serve controller; empty if unknown."""
+    def _replica_states(self) -> dict[str, dict[str, int]]:
+        """Replicas per state (RUNNING, STARTING, ...) per deployment, from the Serve
+        controller; empty if unknown."""
         try:
             app_name = serve.get_replica_context().app_name
             status = serve.status().applications[app_name]
         except Exception:
             return {}
-        return {
-            name: d.replica_states.get("RUNNING", 0) for name, d in status.deployments.items()
-        }
+        return {name: dict(d.replica_states) for name, d in status.deployments.items()}
 

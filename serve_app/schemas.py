@@ -132,7 +132,10 @@ class ModelEntry(BaseModel):
     weights: str | None = Field(None, description="`pretrained`, or `random` for demo checkpoints.")
     device: str | None = None
     dtype: str | None = None
-    replicas: int | None = None
+    replicas: int | None = Field(None, description="Replicas running now.")
+    replicas_starting: int | None = Field(
+        None, description="Replicas the autoscaler has added that are not running yet."
+    )
     aliases: list[str]
     architecture: dict
     ndcg10_trec_dl19: float

@@ -175,6 +175,12 @@ def test_placement_and_queue_settings_flow_into_deployment_options():
     # Defaults keep Serve's unbounded queue.
     (default,) = AppConfig.model_validate({"models": [{"name": MODEL}]}).models
     assert default.deployment_options()["max_queued_requests"] == -1
+    # The autoscaler's look-back window only when set; otherwise Serve's default stands.
+    assert "look_back_period_s" not in default.deployment_options()["autoscaling_config"]
+    (quick,) = AppConfig.model_validate(
+        {"models": [{"name": MODEL, "autoscaling": {"max_replicas": 3, "look_back_period_s": 12}}]}
+    ).models
+    assert quick.deployment_options()["autoscaling_config"]["look_back_period_s"] == 12
 
 
 @pytest.mark.parametrize(
