@@ -157,8 +157,8 @@ class RerankIngress:
         self.encoders = load_encoders(config)
         # The fast tokenizer releases the GIL: encoding in threads keeps the event loop free
         # and uses every core the replica has. Its own thread pool stays off: each busy
-        # ingress process would spin one thread per core of the host against the others
-        # (docs/PERFORMANCE.md measures the cost); requests are sliced over these threads.
+        # ingress process would start one spinning thread per core of the host, against
+        # the other ingress replicas; instead requests are sliced over these threads.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self._tokenize_pool = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="tok")
         self.load_board = LoadBoard(config.enabled_models)
