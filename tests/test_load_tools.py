@@ -41,20 +41,27 @@ def test_summary_counts_only_successes_in_rates_and_percentiles():
     assert summary["p50_ms"] == 300.0
 
 
-def test_http_bench_sends_the_api_key_on_every_request(monkeypatch):
-    seen = []
+def test_http_bench_sends_the_api_key_on_every_request_over_one_client(monkeypatch):
+    seen, clients = [], []
+    real_client = httpx.Client
 
-    def fake_post(url, content, headers, timeout):
-        seen.append(headers.get("authorization"))
-        return httpx.Response(200, request=httpx.Request("POST", url))
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200)
 
-    monkeypatch.setattr(httpx, "post", fake_post)
+    def client(**kwargs):
+        clients.append(kwargs)
+        return real_client(transport=httpx.MockTransport(handler), **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", client)
     args = argparse.Namespace(
         url="http://127.0.0.1:1", model="m", docs=2, shape="standard", idle_requests=3,
         concurrency=[], rates=[], rate_fractions=[], api_key="k1", client_procs=1, duration=1,
     )
     out = bench.bench_http(args)
     assert seen == ["Bearer k1"] * 4  # one untimed warm request, then the 3 idle ones
+    # One kept-alive client: a client per request would time the client's own set-up.
+    assert len(clients) == 1
     assert out["idle_single_request_p50_ms"] is not None
 
 
