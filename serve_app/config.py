@@ -184,6 +184,10 @@ class ModelCallSettings(_Strict):
 
 class IngressConfig(_Placement):
     num_cpus: float = Field(0.5, ge=0)
+    tokenizer_threads: int = Field(
+        4, ge=1, le=64, description="Threads one ingress replica tokenizes on; a request's "
+        "documents are split over them in slices of at most 32."
+    )
     max_ongoing_requests: int = Field(256, ge=1)
     max_in_flight: int | None = Field(
         None,

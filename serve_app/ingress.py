@@ -60,7 +60,6 @@ from serve_app.usage import RecordBatcher, UsageRecord
 logger = logging.getLogger("ray.serve")
 
 READY_TIMEOUT_S = 5.0
-TOKENIZER_THREADS = 4
 LEDGER_TIMEOUT_S = 10.0
 _ERRORS = {
     status: {"model": ErrorResponse}
@@ -160,7 +159,9 @@ class RerankIngress:
         # ingress process would start one spinning thread per core of the host, against
         # the other ingress replicas; instead requests are sliced over these threads.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        self._tokenize_pool = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="tok")
+        self._tokenize_pool = ThreadPoolExecutor(
+            config.ingress.tokenizer_threads, thread_name_prefix="tok"
+        )
         self.load_board = LoadBoard(config.enabled_models)
         self.stats_poller = StatsPoller(
             self.load_board,

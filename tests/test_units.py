@@ -94,6 +94,7 @@ def test_model_defaults_merge_under_each_model_and_alias_is_canonicalised():
         {"models": [{"name": L6, "unknown_knob": 1}]},
         {"models": [{"name": L6}], "default_model": "cross-encoder/ms-marco-MiniLM-L12-v2"},
         {"models": [{"name": L6}], "ingress": {"max_ongoing_requests": 64, "max_in_flight": 64}},
+        {"models": [{"name": L6}], "ingress": {"tokenizer_threads": 0}},
     ],
 )
 def test_bad_configs_are_rejected(bad):
