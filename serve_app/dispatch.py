@@ -96,14 +96,18 @@ class Dispatcher:
     # -- plumbing ---------------------------------------------------------------------
 
     async def _encode(self, model: str, query: str, texts: list[str]) -> EncodedPairs:
-        # Slices encode in parallel on the pool's threads: a lone request's documents use
-        # several cores (the tokenizer's own parallelism is off in the ingress).
-        encode, loop = self.encoders[model].encode, asyncio.get_running_loop()
+        # The query once, then slices of the documents in parallel on the pool's threads:
+        # a lone request's documents use several cores (the tokenizer's own parallelism is
+        # off in the ingress).
+        encoder, loop = self.encoders[model], asyncio.get_running_loop()
+        head = await loop.run_in_executor(self.encode_pool, encoder.head, query)
         slices = max(1, -(-len(texts) // ENCODE_SLICE_DOCS))
         size = max(1, -(-len(texts) // slices))  # even slices: 100 documents are 4 x 25
         parts = await asyncio.gather(
             *(
-                loop.run_in_executor(self.encode_pool, encode, query, texts[i : i + size])
+                loop.run_in_executor(
+                    self.encode_pool, encoder.encode_documents, head, texts[i : i + size]
+                )
                 for i in range(0, len(texts), size) or [0]
             )
         )

@@ -102,8 +102,16 @@ class PairEncoder:
         return f"{vocab}:{config.max_position_embeddings}:{max_query_tokens}"
 
     def encode(self, query: str, documents: list[str]) -> EncodedPairs:
+        return self.encode_documents(self.head(query), documents)
+
+    def head(self, query: str) -> np.ndarray:
+        """`[CLS] query [SEP]` ids, the query cut at `max_query_tokens`. Encode it once per
+        request: a long query costs milliseconds however few tokens it keeps."""
         q_ids = self._queries.encode(query, add_special_tokens=False).ids
-        head = np.array([self.cls_id, *q_ids, self.sep_id], dtype=np.int32)
+        return np.array([self.cls_id, *q_ids, self.sep_id], dtype=np.int32)
+
+    def encode_documents(self, head: np.ndarray, documents: list[str]) -> EncodedPairs:
+        """Pairs of `head` (from `head()`) with each document, cut to the room it leaves."""
         room = self.max_length - len(head) - 1
         # `_fast`: the same ids without character offsets, which nothing here reads.
         encoded = self._documents.encode_batch_fast(documents, add_special_tokens=False)

@@ -268,13 +268,26 @@ def test_a_shadow_model_with_its_own_encoder_scores_the_texts_the_served_model_s
 
 
 @pytest.mark.parametrize("count", [0, 1, 31, 32, 33, 100, 257])
-def test_sliced_parallel_encoding_equals_one_serial_encode(plain, count):
+def test_sliced_parallel_encoding_equals_one_serial_encode(plain, count, monkeypatch):
     """Requests are tokenized in slices on the pool's threads and joined: the result must
-    be exactly the one-call encoding, in document order."""
+    be exactly the one-call encoding, in document order, with the query encoded once."""
     dispatcher, _, _ = plain
     texts = [f"doc {i} " + "word " * (i * 7 % 60) for i in range(count)]
-    whole = dispatcher.encoders[TINY].encode("a query", texts)
+    encoder = dispatcher.encoders[TINY]
+    whole = encoder.encode("a query", texts)
+
+    class CountingQueries:
+        def __init__(self, backend):
+            self.backend, self.calls = backend, 0
+
+        def encode(self, *args, **kwargs):
+            self.calls += 1
+            return self.backend.encode(*args, **kwargs)
+
+    queries = CountingQueries(encoder._queries)
+    monkeypatch.setattr(encoder, "_queries", queries)
     sliced = asyncio.run(dispatcher._encode(TINY, "a query", texts))
+    assert queries.calls == 1
     assert sliced.head.tolist() == whole.head.tolist()
     assert sliced.doc_lengths.tolist() == whole.doc_lengths.tolist()
     assert sliced.doc_ids.tolist() == whole.doc_ids.tolist()
