@@ -292,17 +292,16 @@ def bench_http(args: argparse.Namespace) -> dict:
                  "shape": args.shape, "closed_loop": [], "open_loop": []}
     # One kept-alive connection, as a search service's client pool holds: a new client per
     # request would time the client's own set-up (tens of ms here), not the service.
-    client = httpx.Client(headers=_headers(args), timeout=120)
+    with httpx.Client(headers=_headers(args), timeout=120) as client:
 
-    def post(body: bytes) -> float:
-        start = time.perf_counter()
-        client.post(f"{args.url}/v1/rerank", content=body).raise_for_status()
-        return time.perf_counter() - start
+        def post(body: bytes) -> float:
+            start = time.perf_counter()
+            client.post(f"{args.url}/v1/rerank", content=body).raise_for_status()
+            return time.perf_counter() - start
 
-    post(bodies[-1])  # untimed: the first call's one-off costs stay out of every figure
-    # Idle single-request latency first: one client, one request at a time.
-    single = [post(body) for body in bodies[:args.idle_requests]]
-    client.close()
+        post(bodies[-1])  # untimed: the first call's one-off costs stay out of every figure
+        # Idle single-request latency first: one client, one request at a time.
+        single = [post(body) for body in bodies[:args.idle_requests]]
     if single:
         out["idle_single_request_p50_ms"] = percentile_ms(single, 50)
         out["idle_single_request_p99_ms"] = percentile_ms(single, 99)

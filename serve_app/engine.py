@@ -64,8 +64,9 @@ class CrossEncoderEngine:
         # Each pair's head and document as offsets into the requests' ids laid end to end.
         head_ids = np.concatenate([r.head for r in requests])
         doc_ids = np.concatenate([r.doc_ids for r in requests])
+        doc_lengths = lengths - heads
         pair_head_start = (np.cumsum(head_lengths) - head_lengths)[owner]
-        pair_doc_start = np.cumsum(lengths - heads) - (lengths - heads)
+        pair_doc_start = np.cumsum(doc_lengths) - doc_lengths
         # Launch every batch before reading any result back: on a GPU the host pads the
         # next batch while the device computes this one; one copy back at the end.
         launched = []
