@@ -35,7 +35,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", help="substrings of model names to keep")
     args = parser.parse_args()
 
-    app_args = yaml.safe_load(args.config.read_text())["applications"][0]["args"]
+    serve_config = yaml.safe_load(args.config.read_text())
+    app_spec = serve_config["applications"][0]
+    app_args = app_spec["args"]
     if args.models:
         app_args["models"] = [
             m for m in app_args["models"] if any(s.lower() in m["name"].lower() for s in args.models)
@@ -51,8 +53,14 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        serve.run(build_app(app_args), name="rerank", route_prefix="/", blocking=False)
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": args.port},
+            logging_config=serve_config.get("logging_config"),
+        )
+        serve.run(
+            build_app(app_args), name="rerank", route_prefix="/", blocking=False,
+            logging_config=app_spec.get("logging_config"),
+        )
         url = f"http://127.0.0.1:{args.port}"
         while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
             time.sleep(1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +29,17 @@ logger = logging.getLogger("ray.serve")
 
 REPLICA_COUNT_EVERY_S = 5.0
 OVERHEAD_EWMA_WEIGHT = 0.2  # weight of the newest overhead sample
+
+
+def replica_states(details: Mapping[str, Any], app_name: str) -> dict[str, dict[str, int]]:
+    """Replicas per state (RUNNING, STARTING, ...) per deployment of `app_name`, from the
+    Serve controller's instance details: the dict of the public `ServeInstanceDetails`
+    schema, as the dashboard's REST API serves it."""
+    app = details.get("applications", {}).get(app_name) or {}
+    return {
+        name: dict(Counter(str(getattr(r["state"], "value", r["state"])) for r in d["replicas"]))
+        for name, d in (app.get("deployments") or {}).items()
+    }
 
 
 class LoadBoard:

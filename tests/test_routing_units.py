@@ -3,6 +3,7 @@ stats bookkeeping, with synthetic stats: plain Python, no Ray."""
 
 from __future__ import annotations
 
+import enum
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ from serve_app.dispatch import as_percent
 from serve_app.model_stats import ReplicaStats
 from serve_app.schemas import RerankRequest
 from serve_app.shadow import kendall_tau_b, overlap_at_k
-from serve_app.stats_collector import LoadBoard
+from serve_app.stats_collector import LoadBoard, replica_states
 from serve_app.tokenization import EncodedPairs, pair_ids
 from serve_app.traffic import FractionSampler, TrafficSplitter
 
@@ -370,3 +371,32 @@ def test_load_board_learns_overhead_only_from_calls_to_an_idle_model():
         with board.dispatched(L12, 100):  # dispatched behind another: not a sample
             pass
         assert board.loads()[L12].overhead_ms == learnt
+
+
+def test_replica_states_are_counted_per_deployment_of_the_named_app_only():
+    class State(str, enum.Enum):  # what the controller's dict holds (a str enum)
+        RUNNING = "RUNNING"
+        STARTING = "STARTING"
+
+    details = {
+        "applications": {
+            "rerank": {
+                "deployments": {
+                    "ms-marco-MiniLM-L6-v2": {
+                        "replicas": [
+                            {"state": State.RUNNING}, {"state": State.STARTING},
+                            {"state": "RUNNING"},
+                        ]
+                    },
+                    "UsageLedger": {"replicas": []},
+                }
+            },
+            "other": {"deployments": {"x": {"replicas": [{"state": "RUNNING"}]}}},
+        }
+    }
+    assert replica_states(details, "rerank") == {
+        "ms-marco-MiniLM-L6-v2": {"RUNNING": 2, "STARTING": 1},
+        "UsageLedger": {},
+    }
+    assert replica_states(details, "absent") == {}
+    assert replica_states({}, "rerank") == {}
