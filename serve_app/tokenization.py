@@ -10,15 +10,20 @@ Documents lose tokens from the end to fit the model's length; the query is cappe
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
 from transformers import AutoConfig, AutoTokenizer
 
 MIN_DOCUMENT_TOKENS = 8
+# A character outside printable ASCII, tab, newline and carriage return: on text without
+# one, BERT's normaliser (control-character removal, CJK spacing, NFD accent stripping)
+# changes nothing but case, and the pre-tokenizer splits on tab/newline as on spaces.
+_NOT_PLAIN = re.compile(r"[^\t\n\r\x20-\x7e]")
 
 
 def fixed_truncation_backend(tokenizer, max_length: int) -> Tokenizer:
@@ -36,6 +41,18 @@ def fixed_truncation_backend(tokenizer, max_length: int) -> Tokenizer:
     backend.no_padding()
     backend.enable_truncation(max_length)
     return backend
+
+
+def plain_text_backend(backend: Tokenizer) -> Tokenizer | None:
+    """A copy of `backend` for plain text (no `_NOT_PLAIN` character) that gives the same
+    ids a third faster: its BERT normaliser reduced to what it does to such text, lowercasing
+    or nothing. None when the normaliser is not BERT's: no shortcut is known to be exact."""
+    normalizer = backend.normalizer
+    if not isinstance(normalizer, normalizers.BertNormalizer):
+        return None
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.normalizer = normalizers.Lowercase() if normalizer.lowercase else None
+    return plain
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,7 @@ class PairEncoder:
         self._queries = fixed_truncation_backend(tokenizer, self.max_query_tokens)
         # The longest a document can be: beside the shortest head, [CLS] [SEP], and its [SEP].
         self._documents = fixed_truncation_backend(tokenizer, max_length - 3)
+        self._plain_documents = plain_text_backend(self._documents)
 
     @classmethod
     def from_pretrained(cls, source: str, max_query_tokens: int) -> "PairEncoder":
@@ -113,14 +131,28 @@ class PairEncoder:
     def encode_documents(self, head: np.ndarray, documents: list[str]) -> EncodedPairs:
         """Pairs of `head` (from `head()`) with each document, cut to the room it leaves."""
         room = self.max_length - len(head) - 1
-        # `_fast`: the same ids without character offsets, which nothing here reads.
-        encoded = self._documents.encode_batch_fast(documents, add_special_tokens=False)
-        docs = [e.ids[:room] for e in encoded]  # fresh lists: safe to append to
+        docs = [ids[:room] for ids in self._document_ids(documents)]  # fresh: safe to append to
         for d in docs:
             d.append(self.sep_id)
         lengths = np.fromiter(map(len, docs), dtype=np.int32, count=len(docs))
         flat = np.fromiter(chain.from_iterable(docs), dtype=np.int32, count=int(lengths.sum()))
         return EncodedPairs(head, flat, lengths)
+
+    def _document_ids(self, documents: list[str]) -> list[list[int]]:
+        """Each document's ids (cut at the longest a document can be), plain-text documents
+        on the cheaper backend; order kept."""
+        groups: dict[Tokenizer, list[int]] = {}
+        for i, doc in enumerate(documents):
+            plain = self._plain_documents is not None and _NOT_PLAIN.search(doc) is None
+            groups.setdefault(self._plain_documents if plain else self._documents, []).append(i)
+        ids: list[list[int]] = [[]] * len(documents)
+        for backend, indices in groups.items():
+            # `_fast`: the same ids without character offsets, which nothing here reads.
+            encoded = backend.encode_batch_fast([documents[i] for i in indices],
+                                                add_special_tokens=False)
+            for i, e in zip(indices, encoded):
+                ids[i] = e.ids
+        return ids
 
 
 def pair_ids(pairs: EncodedPairs) -> list[list[int]]:

@@ -47,6 +47,20 @@ def test_pairs_equal_the_tokenizers_own_pair_encoding(encoder):
     assert pairs.pair_lengths.tolist() == [len(x) for x in reference["input_ids"]]
 
 
+def test_plain_text_shortcut_gives_the_tokenizers_own_ids_for_every_character(encoder):
+    """Plain-text documents skip most of BERT's normaliser; each ASCII character, and some
+    that are not plain, in several positions, must still give the reference's ids."""
+    assert encoder._plain_documents is not None  # the family's tokenizer takes the shortcut
+    chars = [chr(c) for c in range(128)] + list("\u00a0\u0085\u3000\u2028\ufffd\u00e9\u4e2d\u0301")
+    docs = [d for c in chars for d in (c, f"a{c}b", f"Word{c}{c}Word  x{c}", f"{c} Capital-Case, {c}end")]
+    docs += DOCS + ["Tabs\tand\nnew\r\nlines", "\x0bvertical\x0cfeed\x1fsep", "x" * 300 + " and more"]
+    pairs = encoder.encode(QUERY, docs)
+    reference = encoder.tokenizer([QUERY] * len(docs), docs, truncation="only_second",
+                                  max_length=encoder.max_length)
+    got = pair_ids(pairs)
+    assert [d for d, a, b in zip(docs, got, reference["input_ids"]) if a != b] == []
+
+
 def test_concurrent_encodes_equal_serial_ones(encoder):
     """The ingress encodes in a thread pool with one encoder per vocabulary. Queries and
     documents are cut at different lengths; no call may see another's length."""
