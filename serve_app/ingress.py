@@ -173,18 +173,21 @@ class RerankIngress:
         self._tokenize_pool = ThreadPoolExecutor(
             config.ingress.tokenizer_threads, thread_name_prefix="tok"
         )
+        self.model_caller = ModelCaller(config.ingress.model_calls)
         self.load_board = LoadBoard(config.enabled_models)
         self.stats_poller = StatsPoller(
             self.load_board,
             fetch=lambda name: self.models[name].stats.remote(),
             replica_counts=self._model_replica_counts,
             interval_s=config.routing.stats_interval_s,
+            # A model whose node died with no call in flight on it gives its waiting calls
+            # no error: without this they would wait out model_calls.timeout_s.
+            no_replica=self.model_caller.mark_unavailable,
         )
         self.dispatcher = Dispatcher(
             config, self.catalog, self.encoders, self._tokenize_pool, self._score,
             self.load_board,
         )
-        self.model_caller = ModelCaller(config.ingress.model_calls)
         self.ledger = ledger
         self.recorder = RecordBatcher(lambda records: self._ledger_call("record", records))
         self.metrics = RerankMetrics()

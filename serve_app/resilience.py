@@ -56,7 +56,8 @@ class ModelCaller:
     """Calls model deployments for the ingress under `ModelCallSettings`.
 
     A model is marked unavailable when a call to it ran out of replicas (its retry failed
-    too). From then until a call succeeds, new calls get the failover deadline, and so do
+    too), or when Serve reports no running replica of it (`mark_unavailable`): calls that
+    are only waiting for a replica see no error to react to. From then until a call succeeds, new calls get the failover deadline, and so do
     calls already waiting (they would otherwise sit out the full deadline on a replica
     that vanished with its node): clients get a quick 503 while no replica exists, and
     full service as soon as Serve has one back.
@@ -82,7 +83,7 @@ class ModelCaller:
                 result = await self._attempt(model, make_call(), failing_over)
             except _DeadlineExceeded as late:
                 if late.failing_over:
-                    self._mark_unavailable(model)
+                    self.mark_unavailable(model)
                     raise self._unavailable(model, f"no replica answered in {late.seconds}s")
                 raise APIError(
                     504, "model_timeout", f"{model} did not answer within {late.seconds}s"
@@ -99,14 +100,14 @@ class ModelCaller:
                             "%s: replica lost (%s); retrying", model, type(exc).__name__
                         )
                         continue
-                    self._mark_unavailable(model)
+                    self.mark_unavailable(model)
                 logger.warning("%s: call failed: %r", model, exc)
                 why = f"could not score the request ({type(exc).__name__})"
                 raise self._unavailable(model, why)
             self.unavailable.discard(model)
             return result
 
-    def _mark_unavailable(self, model: str) -> None:
+    def mark_unavailable(self, model: str) -> None:
         self.unavailable.add(model)
         for waiter in self._waiting.pop(model, set()):
             if not waiter.done():

@@ -109,7 +109,8 @@ class LoadBoard:
 
 class StatsPoller:
     """Keeps `board` fresh. `fetch(model)` awaits one replica's `stats()`;
-    `replica_counts()` (blocking; run in a thread) maps model -> running replicas."""
+    `replica_counts()` (blocking; run in a thread) maps model -> running replicas;
+    `no_replica(model)` is told of each model with none running."""
 
     def __init__(
         self,
@@ -117,11 +118,13 @@ class StatsPoller:
         fetch: Callable[[str], Any],
         replica_counts: Callable[[], Mapping[str, int]] | None,
         interval_s: float,
+        no_replica: Callable[[str], None] = lambda model: None,
     ):
         self.board = board
         self.fetch = fetch
         self.replica_counts = replica_counts
         self.interval_s = interval_s
+        self.no_replica = no_replica
         self._task: asyncio.Task | None = None
 
     def ensure_started(self) -> None:
@@ -146,6 +149,8 @@ class StatsPoller:
                     counts = await asyncio.to_thread(self.replica_counts)
                     for model, n in counts.items():
                         self.board.replicas[model] = max(1, n)
+                        if n == 0:
+                            self.no_replica(model)
                 except Exception:
                     logger.debug("replica counts unavailable", exc_info=True)
             await asyncio.gather(*(self._poll_model(m) for m in self.board.models))

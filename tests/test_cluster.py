@@ -357,3 +357,13 @@ def test_gpu_node_loss_gives_quick_503s_and_a_new_node_restores_service(cluster)
         assert set(probe.statuses) <= {200, 503}, probe.statuses
         _, gpu_nodes = node_ids()
         assert {a["node_id"] for a in replica_actors("ms-marco-TinyBERT-L2-v2")} <= gpu_nodes
+
+        # The node lost while no call is on it: a new call only waits for a replica and
+        # sees no error. The ingress learns from Serve's replica count that none runs and
+        # answers 503 in failover time, not after timeout_s (300 s: a 504).
+        cluster.gpu_node.kill()
+        wait_until(
+            lambda: running_replicas("ms-marco-TinyBERT-L2-v2") == 0, 300, "Serve sees no replica"
+        )
+        idle = Tally()
+        assert rerank_once(client, cluster, KILLED, idle) == 503, idle.summary()

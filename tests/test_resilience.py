@@ -126,6 +126,23 @@ def test_calls_already_waiting_fail_over_once_the_model_has_no_replica():
     assert caller._waiting == {} or all(not w for w in caller._waiting.values())
 
 
+def test_calls_waiting_for_a_replica_fail_over_when_serve_reports_none_running():
+    """A node dies while no call is on it: the waiting calls see no error; the replica
+    count the ingress polls marks the model, and they get a 503 in failover time."""
+    caller = ModelCaller(ModelCallSettings(timeout_s=3600, failover_timeout_s=0.05))
+
+    async def scenario() -> list[object]:
+        waiting = [asyncio.ensure_future(caller.call(MODEL, Script("hang"))) for _ in range(3)]
+        await asyncio.sleep(0)  # let them start waiting
+        caller.mark_unavailable(MODEL)
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, APIError) and o.status == 503 for o in outcomes), outcomes
+    assert call(caller, Script("scores")) == "scores"  # a replica is back: served again
+    assert MODEL not in caller.unavailable
+
+
 def test_backpressure_is_shed_at_once_with_the_deployments_status_and_retry_after():
     for status, retry_after_s, header in [(503, 3.2, "4"), (429, None, "2")]:
         script = Script(BackPressureError(8, 8, status, retry_after_s))

@@ -3,8 +3,10 @@ stats bookkeeping, with synthetic stats: plain Python, no Ray."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
+import time
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from serve_app.dispatch import as_percent
 from serve_app.model_stats import ReplicaStats
 from serve_app.schemas import RerankRequest
 from serve_app.shadow import kendall_tau_b, overlap_at_k
-from serve_app.stats_collector import LoadBoard, replica_states
+from serve_app.stats_collector import LoadBoard, StatsPoller, replica_states
 from serve_app.tokenization import EncodedPairs, pair_ids
 from serve_app.traffic import FractionSampler, TrafficSplitter
 
@@ -400,3 +402,26 @@ def test_replica_states_are_counted_per_deployment_of_the_named_app_only():
     }
     assert replica_states(details, "absent") == {}
     assert replica_states({}, "rerank") == {}
+
+
+def test_stats_poller_reports_models_with_no_running_replica():
+    board = LoadBoard([TINY, L6])
+    told: list[str] = []
+
+    async def scenario() -> None:
+        poller = StatsPoller(
+            board,
+            fetch=lambda model: asyncio.sleep(0, ReplicaStats().snapshot()),
+            replica_counts=lambda: {TINY: 0, L6: 2},
+            interval_s=0.01,
+            no_replica=told.append,
+        )
+        poller.ensure_started()
+        deadline = time.monotonic() + 30
+        while not told and time.monotonic() < deadline:  # the first round, then stop
+            await asyncio.sleep(0.005)
+        poller._task.cancel()
+
+    asyncio.run(scenario())
+    assert told and set(told) == {TINY}
+    assert board.replicas == {TINY: 1, L6: 2}
