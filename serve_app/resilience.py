@@ -56,11 +56,11 @@ class ModelCaller:
     """Calls model deployments for the ingress under `ModelCallSettings`.
 
     A model is marked unavailable when a call to it ran out of replicas (its retry failed
-    too), or when Serve reports no running replica of it (`mark_unavailable`): calls that
-    are only waiting for a replica see no error to react to. From then until a call succeeds, new calls get the failover deadline, and so do
-    calls already waiting (they would otherwise sit out the full deadline on a replica
-    that vanished with its node): clients get a quick 503 while no replica exists, and
-    full service as soon as Serve has one back.
+    too), or when Serve reports no running replica of it (`mark_unavailable`; calls only
+    waiting for a replica see no error to react to). From then until a call succeeds, new
+    calls get the failover deadline, and so do calls already waiting (they would otherwise
+    sit out the full deadline on a replica that vanished with its node): clients get a
+    quick 503 while no replica exists, and full service as soon as Serve has one back.
     """
 
     def __init__(
