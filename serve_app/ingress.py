@@ -141,9 +141,9 @@ def _principal(request: Request) -> Principal:
 def _serve_details() -> dict:
     """The Serve controller's instance details: a dict of the public `ServeInstanceDetails`
     schema. `serve.status()` builds pydantic objects from the same dict and cloudpickles
-    every deployment's request-router class on the way: ~50 ms holding the GIL, stalling
-    this replica's event loop, against ~2 ms for the dict alone (py-spy, 2 cores). The
-    accessor is private; tests/test_serve_app.py reads replica counts through it."""
+    every deployment's request-router class on the way, holding the GIL and so stalling
+    this replica's event loop for tens of milliseconds a call. The accessor is private;
+    tests/test_serve_app.py reads replica counts through it."""
     from ray.serve.context import _get_global_client
 
     return _get_global_client().get_serve_details()

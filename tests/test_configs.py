@@ -22,6 +22,9 @@ def test_serve_config_validates(path):
     schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     (application,) = schema.applications
     assert application.import_path == "serve_app.builder:build_app"
+    # Serve's own per-call log is off, for the proxy and the app (the edge logs each request).
+    assert schema.logging_config.enable_access_log is False
+    assert application.logging_config.enable_access_log is False
     config = AppConfig.model_validate(application.args)
     if not path.name.startswith("bench-"):
         assert len(config.enabled_models) == 5
