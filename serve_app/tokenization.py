@@ -93,7 +93,6 @@ class PairEncoder:
         self.max_query_tokens = min(max_query_tokens, max_length - 3 - MIN_DOCUMENT_TOKENS)
         self.cls_id = tokenizer.cls_token_id
         self.sep_id = tokenizer.sep_token_id
-        self.pad_id = tokenizer.pad_token_id or 0
         if self.cls_id is None or self.sep_id is None:
             raise ValueError("tokenizer has no [CLS]/[SEP]: not a BERT cross-encoder")
         self._queries = fixed_truncation_backend(tokenizer, self.max_query_tokens)
