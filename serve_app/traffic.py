@@ -8,7 +8,7 @@ floor(n * fraction) are picked, so tests and small experiments see the configure
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 
 class FractionSampler:
@@ -27,12 +27,17 @@ class TrafficSplitter:
     def __init__(self, splits: Iterable[tuple[str, str, float]]):
         self._splits = {source: (target, FractionSampler(f)) for source, target, f in splits}
 
-    def divert(self, model: str) -> str | None:
-        """The candidate to use instead of `model` for this request, or None."""
+    def divert(self, model: str, eligible: Collection[str] | None = None) -> str | None:
+        """The candidate to use instead of `model` for this request, or None. `eligible`:
+        the models this request may use (None: any)."""
         split = self._splits.get(model)
         if split is None:
             return None
         target, sample = split
+        # A request the target may not serve is not counted: it must not use up a pick,
+        # or the fraction of the requests that could be diverted falls short.
+        if eligible is not None and target not in eligible:
+            return None
         return target if sample() else None
 
     def describe(self) -> list[dict]:

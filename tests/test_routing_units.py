@@ -261,6 +261,12 @@ def test_splitter_diverts_only_its_source_model():
     assert splitter.divert(L4) is None
 
 
+def test_splitter_samples_only_requests_its_target_is_eligible_for():
+    splitter = TrafficSplitter([(L12, L6, 0.5)])
+    assert [splitter.divert(L12, eligible=[L12]) for _ in range(3)] == [None] * 3
+    assert [splitter.divert(L12, eligible=[L12, L6]) for _ in range(4)] == [None, L6, None, L6]
+
+
 # -- shadow agreement ------------------------------------------------------------------
 
 
