@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable
+from fractions import Fraction
 
 
 class FractionSampler:
@@ -16,11 +17,14 @@ class FractionSampler:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError("fraction must be in [0, 1]")
         self.fraction = fraction
+        # Counted in exact rationals: in floats 90 * 0.7 is 62.99999999999999, one pick short.
+        self._rational = Fraction(fraction).limit_denominator(10**6)
         self.seen = 0
 
     def __call__(self) -> bool:
         self.seen += 1
-        return math.floor(self.seen * self.fraction) > math.floor((self.seen - 1) * self.fraction)
+        rate = self._rational
+        return math.floor(self.seen * rate) > math.floor((self.seen - 1) * rate)
 
 
 class TrafficSplitter:

@@ -255,6 +255,12 @@ def test_fraction_sampler_picks_exactly_the_fraction_evenly(fraction):
     assert sum(picks[:150]) == math.floor(150 * fraction + 1e-9)
 
 
+def test_fraction_sampler_count_is_exact_where_the_float_product_falls_short():
+    # 90 * 0.7 is 62.99999999999999 in floating point: 63 picks are due, not 62.
+    sample = FractionSampler(0.7)
+    assert sum(sample() for _ in range(90)) == 63
+
+
 def test_splitter_diverts_only_its_source_model():
     splitter = TrafficSplitter([(L12, L6, 0.5)])
     assert [splitter.divert(L12) for _ in range(4)] == [None, L6, None, L6]
