@@ -29,7 +29,12 @@ class FractionSampler:
 
 class TrafficSplitter:
     def __init__(self, splits: Iterable[tuple[str, str, float]]):
-        self._splits = {source: (target, FractionSampler(f)) for source, target, f in splits}
+        self._splits: dict[str, tuple[str, FractionSampler]] = {}
+        for source, target, f in splits:
+            # A second split from one source would silently replace the first.
+            if source in self._splits:
+                raise ValueError(f"routing.splits: more than one split from {source}")
+            self._splits[source] = (target, FractionSampler(f))
 
     def divert(self, model: str, eligible: Collection[str] | None = None) -> str | None:
         """The candidate to use instead of `model` for this request, or None. `eligible`:

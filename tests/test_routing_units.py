@@ -267,6 +267,12 @@ def test_splitter_diverts_only_its_source_model():
     assert splitter.divert(L4) is None
 
 
+def test_splitter_rejects_two_splits_from_one_source():
+    # One would silently replace the other: its target would never get traffic.
+    with pytest.raises(ValueError, match=L12):
+        TrafficSplitter([(L12, L6, 0.1), (L12, L4, 0.1)])
+
+
 def test_splitter_samples_only_requests_its_target_is_eligible_for():
     splitter = TrafficSplitter([(L12, L6, 0.5)])
     assert [splitter.divert(L12, eligible=[L12]) for _ in range(3)] == [None] * 3
