@@ -193,8 +193,8 @@ class Dispatcher:
         spent = self._spent_ms(arrived)
         choice = self.policy.choose(budget, pairs.total_tokens, loads, spent)
         model, predicted, met, policy = choice.model, choice.predicted_ms, choice.budget_met, "budget"
-        candidate = self.splitter.divert(model)
-        if candidate is not None and candidate in candidates:
+        candidate = self.splitter.divert(model, candidates)
+        if candidate is not None:
             model, policy = candidate, "split"
             predicted = spent + self.policy.predict(model, pairs.total_tokens, loads)
             met = budget.max_latency_ms is None or predicted <= budget.max_latency_ms

@@ -175,6 +175,19 @@ def test_split_sends_the_configured_fraction_of_auto_traffic_and_respects_floors
     assert floored == [L12, L12]
 
 
+def test_split_fraction_counts_only_requests_the_candidate_may_serve(checkpoint_root):
+    # Requests whose floor excludes the candidate must not use up the split's picks:
+    # otherwise plain requests alternating with floored ones are never diverted.
+    dispatcher, _, _ = make(
+        checkpoint_root, routing={"splits": [{"from": L12, "to": L2, "fraction": 0.5}]}
+    )
+    plain_models = []
+    for _ in range(4):
+        assert run(dispatcher, model="auto", min_ndcg=74).model == L12
+        plain_models.append(run(dispatcher, model="auto").model)
+    assert plain_models == [L12, L2, L12, L2]
+
+
 def test_cascade_orders_kept_by_second_then_rest_by_first_and_bills_both(plain):
     dispatcher, models, _ = plain
     models.calls.clear()

@@ -255,10 +255,28 @@ def test_fraction_sampler_picks_exactly_the_fraction_evenly(fraction):
     assert sum(picks[:150]) == math.floor(150 * fraction + 1e-9)
 
 
+def test_fraction_sampler_count_is_exact_where_the_float_product_falls_short():
+    # 90 * 0.7 is 62.99999999999999 in floating point: 63 picks are due, not 62.
+    sample = FractionSampler(0.7)
+    assert sum(sample() for _ in range(90)) == 63
+
+
 def test_splitter_diverts_only_its_source_model():
     splitter = TrafficSplitter([(L12, L6, 0.5)])
     assert [splitter.divert(L12) for _ in range(4)] == [None, L6, None, L6]
     assert splitter.divert(L4) is None
+
+
+def test_splitter_rejects_two_splits_from_one_source():
+    # One would silently replace the other: its target would never get traffic.
+    with pytest.raises(ValueError, match=L12):
+        TrafficSplitter([(L12, L6, 0.1), (L12, L4, 0.1)])
+
+
+def test_splitter_samples_only_requests_its_target_is_eligible_for():
+    splitter = TrafficSplitter([(L12, L6, 0.5)])
+    assert [splitter.divert(L12, eligible=[L12]) for _ in range(3)] == [None] * 3
+    assert [splitter.divert(L12, eligible=[L12, L6]) for _ in range(4)] == [None, L6, None, L6]
 
 
 # -- shadow agreement ------------------------------------------------------------------
