@@ -422,6 +422,9 @@ class AppConfig(_Strict):
         for name, where in routed:
             if name not in names:
                 raise ValueError(f"{where} names {name}, which is not enabled")
+        sources = [s.source for s in self.routing.splits]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"routing.splits: more than one split from one model: {sources}")
         return self
 
     @property

@@ -358,6 +358,9 @@ def test_routing_config_names_must_be_enabled():
     for routing in (
         {"splits": [{"from": L12, "to": TINY, "fraction": 0.1}]},
         {"splits": [{"from": L12, "to": L6, "fraction": 1.5}]},
+        # Two splits from one model (one spelled as an alias): one would shadow the other.
+        {"splits": [{"from": L12, "to": L6, "fraction": 0.1},
+                    {"from": "ms-marco-MiniLM-L-12-v2", "to": L6, "fraction": 0.2}]},
         {"shadow": {"model": TINY, "fraction": 0.1}},
         {"default_budget": {"max_latency_ms": -1}},
         {"cascade": {"keep": 0}},
