@@ -7,7 +7,6 @@ cheap, so it is a few sums over a short window.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -22,7 +21,6 @@ class ModelStatsSnapshot:
     pending_tokens: int  # tokens of requests this replica holds, queued or running
     ongoing_requests: int
     batches_measured: int
-    taken_at: float  # time.time() on the replica
 
 
 class ReplicaStats:
@@ -65,5 +63,4 @@ class ReplicaStats:
             pending_tokens=max(0, self.pending_tokens),
             ongoing_requests=max(0, self.ongoing_requests),
             batches_measured=self.batches_measured,
-            taken_at=time.time(),
         )
