@@ -116,7 +116,11 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    # FastAPI's only 400 is a body json could not read at all (not UTF-8, a number past
+    # int's digit limit, nesting past the recursion limit): still "not valid JSON".
+    kind = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "http_error"
+    )
     return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
 
