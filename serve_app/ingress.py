@@ -66,7 +66,8 @@ _ERRORS = {
     for status in (400, 401, 404, 413, 422, 429, 500, 503, 504)
 }
 _HEALTH_ERRORS = {status: {"model": ErrorResponse} for status in (503,)}
-ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/usage"})
+ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/usage",
+                    "/v1/routing"})
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
                           "/openapi.json"})
 # Documents the Bearer scheme in OpenAPI; the key is checked by `EdgeMiddleware`.

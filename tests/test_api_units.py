@@ -516,4 +516,11 @@ async def test_bodies_json_cannot_parse_are_400_invalid_json(body):
     assert response.json()["error"]["type"] == "invalid_json"
 
 
+def test_every_ingress_route_is_logged_by_its_path_not_as_other():
+    from serve_app import ingress  # imports Ray's modules; starts nothing
+
+    served = set(ingress.app.openapi()["paths"])
+    assert served <= ingress.ROUTES | ingress.PUBLIC_PATHS
+
+
 # -- model call failures -----------------------------------------------------------------
