@@ -66,7 +66,8 @@ _ERRORS = {
     for status in (400, 401, 404, 413, 422, 429, 500, 503, 504)
 }
 _HEALTH_ERRORS = {status: {"model": ErrorResponse} for status in (503,)}
-ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/usage"})
+ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/usage",
+                    "/v1/routing"})
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
                           "/openapi.json"})
 # Documents the Bearer scheme in OpenAPI; the key is checked by `EdgeMiddleware`.
@@ -116,7 +117,11 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    # FastAPI's only 400 is a body json could not read at all (not UTF-8, a number past
+    # int's digit limit, nesting past the recursion limit): still "not valid JSON".
+    kind = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "http_error"
+    )
     return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
 

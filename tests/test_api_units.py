@@ -37,6 +37,7 @@ from serve_app.errors import APIError
 from serve_app.http_edge import AccessRecord, EdgeMiddleware, EdgePolicy
 from serve_app.limits import check_limits
 from serve_app.quotas import QuotaBook, TokenBucket
+from serve_app.schemas import RerankRequest
 from serve_app.truncation import DocumentTruncator
 from serve_app.usage import RecordBatcher, UsageBook, UsageJournal, UsageRecord
 
@@ -483,6 +484,43 @@ async def test_access_log_lines_never_hold_keys_or_text(caplog):
     text = "\n".join(caplog.messages)
     for secret in (KEY, "guessed-key", "private query", "secret"):
         assert secret not in text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("body", [
+    b'{"query": "q", "documents": ["\xff\xfe"]}',  # not UTF-8
+    b'{"query": "q", "documents": ["a"], "top_n": ' + b"9" * 5000 + b"}",  # past int's digits
+    b'{"query": "q", "documents": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # too deep
+])
+async def test_bodies_json_cannot_parse_are_400_invalid_json(body):
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    from serve_app import ingress  # imports Ray's modules; starts nothing
+
+    app = FastAPI()  # the ingress's error handlers in front of a route with its body type
+    app.add_exception_handler(APIError, ingress._api_error)
+    app.add_exception_handler(RequestValidationError, ingress._validation_error)
+    app.add_exception_handler(HTTPException, ingress._http_error)
+
+    @app.post("/v1/rerank")
+    async def rerank(body: RerankRequest) -> dict:
+        return {}
+
+    async with await _client(app) as client:
+        response = await client.post(
+            "/v1/rerank", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_json"
+
+
+def test_every_ingress_route_is_logged_by_its_path_not_as_other():
+    from serve_app import ingress  # imports Ray's modules; starts nothing
+
+    served = set(ingress.app.openapi()["paths"])
+    assert served <= ingress.ROUTES | ingress.PUBLIC_PATHS
 
 
 # -- model call failures -----------------------------------------------------------------
