@@ -55,9 +55,14 @@ class Outcome:
     model: str  # the response's `model`
     served_by: str  # the `x-rerank-model` header
     ranked: list[tuple[int, float]]  # (index, score) best first, cut to top_n
-    documents: int  # usage: documents scored, over all stages
+    scored: list[tuple[str, int]]  # (model, documents) per stage: what is billed, at whose price
     total_tokens: int
     routing: RoutingInfo
+
+    @property
+    def documents(self) -> int:
+        """Usage: documents scored, over all stages."""
+        return sum(n for _, n in self.scored)
 
 
 class Dispatcher:
@@ -216,7 +221,7 @@ class Dispatcher:
             model=model,
             served_by=model,
             ranked=rank(logits.tolist(), body.top_n, body.raw_scores),
-            documents=len(pairs),
+            scored=[(model, len(pairs))],
             total_tokens=pairs.total_tokens,
             routing=routing,
         )
@@ -258,7 +263,7 @@ class Dispatcher:
             model=CASCADE,
             served_by=f"{first},{second}",
             ranked=merged,
-            documents=len(pairs) + len(second_pairs),
+            scored=[(first, len(pairs)), (second, len(second_pairs))],
             total_tokens=pairs.total_tokens + second_pairs.total_tokens,
             routing=RoutingInfo(
                 policy=CASCADE,

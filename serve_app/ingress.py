@@ -43,6 +43,7 @@ from serve_app.errors import APIError, error_response
 from serve_app.http_edge import AccessRecord, EdgeMiddleware, EdgePolicy, access_logger
 from serve_app.limits import check_limits
 from serve_app.metrics import RerankMetrics
+from serve_app.quotas import never_admitted
 from serve_app.resilience import ModelCaller
 from serve_app.stats_collector import LoadBoard, StatsPoller, replica_states
 from serve_app.tokenization import EncodedPairs, PairEncoder
@@ -264,7 +265,7 @@ class RerankIngress:
         check_limits(self.config.limits, call, documents_field)
         request.state.documents = len(call.texts)
         principal = _principal(request)
-        await self._admit(principal, len(call.texts))
+        await self._admit(principal, len(call.texts), documents_field)
 
         texts = call.texts
         if call.max_tokens_per_doc is not None:
@@ -294,7 +295,7 @@ class RerankIngress:
                 model=outcome.model,
                 documents=outcome.documents,
                 tokens=outcome.total_tokens,
-                usd_per_1k_documents=self.config.pricing.price(outcome.model),
+                charges=tuple((n, self.config.pricing.price(m)) for m, n in outcome.scored),
             ),
         )
         self.metrics.observe_scored(
@@ -314,10 +315,15 @@ class RerankIngress:
         self.stats_poller.ensure_started()
         return self.dispatcher.describe()
 
-    async def _admit(self, principal: Principal, documents: int) -> None:
+    async def _admit(self, principal: Principal, documents: int, documents_field: str) -> None:
         quota = principal.quota
         if quota.requests_per_second is None and quota.documents_per_minute is None:
             return
+        # Not a 429: no Retry-After would ever let it through.
+        why_never = never_admitted(quota, documents)
+        if why_never is not None:
+            raise APIError(422, "invalid_request", f"{documents_field}: {why_never}",
+                           documents_field)
         admission = await self._ledger_call("admit", principal.key_id, quota, documents)
         if not admission.allowed:
             raise APIError(

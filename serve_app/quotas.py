@@ -48,6 +48,16 @@ class Admission:
         return str(max(1, math.ceil(self.retry_after_s)))
 
 
+def never_admitted(quota: QuotaSettings, documents: int) -> str | None:
+    """Why a request of `documents` documents can never be admitted under `quota`, however
+    long it waits (more documents than a full minute's allowance), or None."""
+    per_minute = quota.documents_per_minute
+    if per_minute is not None and documents > per_minute:
+        return (f"{documents} documents exceed this key's quota of {per_minute} documents "
+                "per minute, so this request can never be admitted; send fewer per request")
+    return None
+
+
 class QuotaBook:
     def __init__(self) -> None:
         self._requests: dict[str, TokenBucket] = {}
@@ -63,12 +73,9 @@ class QuotaBook:
             buckets.append((bucket, 1, "requests per second"))
         if quota.documents_per_minute is not None:
             per_minute = quota.documents_per_minute
-            if documents > per_minute:
-                return Admission(
-                    False, 60.0,
-                    f"a request of {documents} documents exceeds this key's quota of "
-                    f"{per_minute} documents per minute; send fewer documents per request",
-                )
+            why_never = never_admitted(quota, documents)
+            if why_never is not None:  # the ingress refuses these first, as a 422
+                return Admission(False, 60.0, why_never)
             bucket = self._bucket(self._documents, key_id, per_minute / 60, per_minute, now)
             buckets.append((bucket, documents, "documents per minute"))
         waits = [(b.wait_for(amount, now), reason) for b, amount, reason in buckets]

@@ -27,15 +27,24 @@ DEDUP_WINDOW = 1_000_000
 class UsageRecord:
     request_id: str
     key_id: str
-    model: str
+    model: str  # as answered: a cascade is "cascade"
     documents: int
     tokens: int
-    usd_per_1k_documents: float  # the price when the request was served
+    # (documents, USD per 1,000 documents) for each model that scored some, at its price
+    # when the request was served: one charge, or a cascade's two stages.
+    charges: tuple[tuple[int, float], ...]
 
     @property
     def cost_usd(self) -> Decimal:
-        # Decimal of the price's shortest repr: 0.008 stays exactly 0.008, sums stay exact.
-        return Decimal(self.documents) * Decimal(repr(self.usd_per_1k_documents)) / 1000
+        # Decimal of each price's shortest repr: 0.008 stays exactly 0.008, sums stay exact.
+        return sum((Decimal(n) * Decimal(repr(p)) for n, p in self.charges), Decimal()) / 1000
+
+    @classmethod
+    def from_journal(cls, line: str) -> "UsageRecord":
+        data = json.loads(line)
+        if "usd_per_1k_documents" in data:  # written before charges were per stage
+            data["charges"] = [[data["documents"], data.pop("usd_per_1k_documents")]]
+        return cls(**data)
 
 
 @dataclass
@@ -112,7 +121,7 @@ class UsageJournal:
         with open(self.path, encoding="utf-8") as f:
             for line in f:
                 try:
-                    record = UsageRecord(**json.loads(line))
+                    record = UsageRecord.from_journal(line)
                 except (ValueError, TypeError):
                     continue
                 counted += book.record(record)

@@ -26,6 +26,7 @@ KEYS = {
     "slow": "rr-one-request-per-1000s",
     "small": "rr-five-documents-per-minute",
     "fuzz": "rr-fuzz-key",
+    "cascade": "rr-cascade-billing-key",
 }
 MAX_BODY = 65536
 FUZZ_EXAMPLES = 40  # per operation
@@ -287,8 +288,10 @@ def test_document_quota_answers_429_and_refusals_cost_nothing(url):
     r = post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 3}, key="small")
     assert_error(r, 429, "rate_limited")
     assert 1 <= int(r.headers["retry-after"]) <= 60
-    assert_error(post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 6}, key="small"),
-                 429, "rate_limited")
+    # More than a whole minute's allowance: no wait helps, so not a 429 with Retry-After.
+    too_many = post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 6}, key="small")
+    assert "retry-after" not in too_many.headers
+    assert "never" in assert_error(too_many, 422, "invalid_request", "documents")["message"]
     assert post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 2},
                 key="small").status_code == 200
     assert usage(url, "small")["documents"] == 5
@@ -332,6 +335,18 @@ def _send_batch(url: str, n: int, seed: int) -> tuple[int, int, dict[str, int]]:
         assert r.json()["usage"]["documents"] == len(b["documents"])
         per_model[b["model"]] = per_model.get(b["model"], 0) + len(b["documents"])
     return len(ok), sum(per_model.values()), per_model
+
+
+def test_a_cascade_is_billed_each_stage_at_its_models_price(url):
+    body = {"model": "cascade", "cascade": {"first": TINY, "second": L2, "keep": 2},
+            "query": QUERY, "documents": DOCS}
+    r = post(url, "/v1/rerank", body, key="cascade")
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["documents"] == len(DOCS) + 2
+    totals = usage(url, "cascade")
+    # All four at TinyBERT's $0.004 per 1k, then the best two at L2's (the default) $0.008.
+    assert totals["cost_usd"] == pytest.approx((4 * 0.004 + 2 * 0.008) / 1000, rel=1e-12)
+    assert totals["models"]["cascade"]["documents"] == len(DOCS) + 2
 
 
 def test_usage_is_exact_across_ingress_replicas_and_a_replica_kill(url):

@@ -36,7 +36,7 @@ from serve_app.config import AppConfig, AuthConfig, LimitsConfig, PricingConfig,
 from serve_app.errors import APIError
 from serve_app.http_edge import AccessRecord, EdgeMiddleware, EdgePolicy
 from serve_app.limits import check_limits
-from serve_app.quotas import QuotaBook, TokenBucket
+from serve_app.quotas import QuotaBook, TokenBucket, never_admitted
 from serve_app.schemas import RerankRequest
 from serve_app.truncation import DocumentTruncator
 from serve_app.usage import RecordBatcher, UsageBook, UsageJournal, UsageRecord
@@ -163,7 +163,9 @@ def test_document_quota_and_refusals_cost_nothing():
     assert refused.retry_after_header == "10"
     assert book.admit("a", quota, 10, now=0).allowed  # the refusal took no tokens
     too_big = book.admit("a", quota, 61, now=1000)
-    assert not too_big.allowed and "fewer documents" in too_big.reason
+    assert not too_big.allowed and "never be admitted" in too_big.reason
+    assert never_admitted(quota, 61) == too_big.reason and never_admitted(quota, 60) is None
+    assert never_admitted(QuotaSettings(requests_per_second=1), 10**6) is None
 
 
 def test_no_quota_admits_everything():
@@ -176,7 +178,7 @@ def test_no_quota_admits_everything():
 
 def record(request_id: str, documents: int, model: str = L6, price: float = 0.008,
            key_id: str = "alice") -> UsageRecord:
-    return UsageRecord(request_id, key_id, model, documents, documents * 10, price)
+    return UsageRecord(request_id, key_id, model, documents, documents * 10, ((documents, price),))
 
 
 def test_usage_counts_each_request_once_per_key_and_model_with_exact_cost():
@@ -198,6 +200,26 @@ def test_cost_sums_exactly_over_many_requests():
     for i in range(10_000):
         book.record(record(f"r{i}", 1))
     assert book.totals("alice")["cost_usd"] == 0.08  # floats would drift
+
+
+def test_a_cascade_is_charged_each_stage_at_its_models_price():
+    book = UsageBook()
+    # 100 documents at TinyBERT's $0.004 per 1k, then the best 20 at L12's $0.012.
+    cascade = UsageRecord("c1", "alice", "cascade", 120, 9000, ((100, 0.004), (20, 0.012)))
+    assert book.record(cascade)
+    totals = book.totals("alice")
+    assert Decimal(str(totals["cost_usd"])) == Decimal("0.00064")
+    assert totals["models"]["cascade"]["documents"] == 120
+
+
+def test_journal_lines_written_with_one_price_per_request_still_replay(tmp_path):
+    path = tmp_path / "usage.jsonl"
+    path.write_text(json.dumps({"request_id": "old", "key_id": "alice", "model": L6,
+                                "documents": 500, "tokens": 5000,
+                                "usd_per_1k_documents": 0.008}) + "\n")
+    book = UsageBook()
+    assert UsageJournal(path).replay_into(book) == 1
+    assert book.totals("alice")["cost_usd"] == 0.004
 
 
 def test_dedup_window_is_bounded():

@@ -199,6 +199,7 @@ def test_cascade_orders_kept_by_second_then_rest_by_first_and_bills_both(plain):
     assert [i for i, _ in out.ranked] == by_l12 + tiny_order[3:]
     assert (out.model, out.served_by) == ("cascade", f"{TINY},{L12}")
     assert out.routing.policy == "cascade" and out.routing.stages == [TINY, L12]
+    assert out.scored == [(TINY, len(DOCS)), (L12, 3)]  # billed per stage, at its price
     assert out.documents == len(DOCS) + 3
     kept_tokens = sum(int(dict(tiny.ranked)[i]) + 4 for i in kept)  # doc tokens + [CLS] q q [SEP]
     assert out.total_tokens == tiny.total_tokens + kept_tokens
