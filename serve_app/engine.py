@@ -35,7 +35,11 @@ class CrossEncoderEngine:
         self.use_this_thread()
         if self.device.type == "cuda" and gpu_memory_fraction:
             # Replicas share a GPU by fraction: hold each to its share of the memory too.
-            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_fraction), self.device)
+            # torch wants an index here (None: the current device, where "cuda" loads);
+            # it rejects an unindexed `torch.device("cuda")`.
+            torch.cuda.set_per_process_memory_fraction(
+                min(1.0, gpu_memory_fraction), self.device.index
+            )
         self.model = AutoModelForSequenceClassification.from_pretrained(
             source, dtype=_DTYPES[dtype]
         )

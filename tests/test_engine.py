@@ -189,3 +189,27 @@ def test_every_row_the_engine_runs_is_exactly_one_pairs_ids(encoder, monkeypatch
         assert set(seen) == expected
         for r, out in zip(requests, logits):
             assert out.tolist() == [float(sum(ids)) for ids in pair_ids(r)]
+
+
+def test_gpu_memory_cap_names_a_device_torch_accepts(monkeypatch):
+    """A replica on a GPU fraction caps its CUDA memory at that fraction. torch's cap takes
+    a device index (None: the current device); an unindexed `torch.device("cuda")`, what
+    the engine runs on by default, makes it raise, so no fractional-GPU replica started."""
+    from torch.cuda._utils import _get_device_index
+
+    class StopBeforeLoading(Exception):
+        """Loading the model onto CUDA needs a GPU; the cap comes before it."""
+
+    capped: list[tuple[float, int]] = []
+
+    def set_fraction(fraction: float, device=None) -> None:
+        # What the real call does with `device`, minus the CUDA runtime.
+        capped.append((fraction, 0 if device is None else _get_device_index(device)))
+        raise StopBeforeLoading
+
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
+    with pytest.raises(StopBeforeLoading):
+        CrossEncoderEngine("unused", device="cuda", gpu_memory_fraction=0.3)
+    with pytest.raises(StopBeforeLoading):
+        CrossEncoderEngine("unused", device="cuda:1", gpu_memory_fraction=2.0)
+    assert capped == [(0.3, 0), (1.0, 1)]
