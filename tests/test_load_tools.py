@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import httpx
 
@@ -82,3 +83,66 @@ def test_cpu_cost_names_each_serve_process_by_its_part():
     assert role("ray::DashboardAgent") == "ray agents"
     assert role("ray::IDLE") == "ray system"
     assert role("python -m pytest") is None
+
+
+class _FakeClock:
+    """Injected time: `perf_counter` reads it, `sleep` waits until a deadline on it (and
+    returns at once if the loop was held past it, as asyncio's own sleep does)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float, _real=asyncio.sleep) -> None:
+        wake = self.now + seconds
+        await _real(0)
+        self.now = max(self.now, wake)
+
+
+def test_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch):
+    clock = _FakeClock()
+    calls = []
+
+    class Response:
+        status = 200
+
+        async def read(self) -> bytes:
+            return b""
+
+    class Post:
+        async def __aenter__(self) -> Response:
+            calls.append(clock.now)
+            if len(calls) == 1:
+                clock.now += 0.5  # the client's loop is held (e.g. parsing a big reply)
+            return Response()
+
+        async def __aexit__(self, *exc) -> None:
+            return None
+
+    class Session:
+        def __init__(self, **kwargs) -> None:
+            pass
+
+        async def __aenter__(self) -> "Session":
+            return self
+
+        async def __aexit__(self, *exc) -> None:
+            return None
+
+        def post(self, url: str, data: bytes, headers: dict) -> Post:
+            return Post()
+
+    import aiohttp
+
+    monkeypatch.setattr(aiohttp, "ClientSession", Session)
+    monkeypatch.setattr(aiohttp, "TCPConnector", lambda **kwargs: None)
+    monkeypatch.setattr(bench.time, "perf_counter", clock.perf_counter)
+    monkeypatch.setattr(asyncio, "sleep", clock.sleep)
+    records = asyncio.run(bench._open_loop("http://x", [b"{}"], rate=10, duration=1, headers={}))
+    by_start = {round(start, 3): latency for start, latency, _ in records}
+    # Requests due at 0.1 .. 0.4 s went out only at 0.5 s: the wait is the client's queue,
+    # part of their latency (otherwise a stalled sender hides it: coordinated omission).
+    assert sorted(by_start) == [round(i / 10, 3) for i in range(10)]
+    assert round(by_start[0.1], 3) == 0.4 and round(by_start[0.4], 3) == 0.1
