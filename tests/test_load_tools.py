@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import types
 
 import httpx
 
@@ -146,3 +147,26 @@ def test_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch):
     # part of their latency (otherwise a stalled sender hides it: coordinated omission).
     assert sorted(by_start) == [round(i / 10, 3) for i in range(10)]
     assert round(by_start[0.1], 3) == 0.4 and round(by_start[0.4], 3) == 0.1
+
+
+def test_soak_capacity_divides_answers_by_the_time_they_took(monkeypatch):
+    from load_tests import soak
+
+    clock = _FakeClock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        clock.now += 1.0  # each request is answered 1 s after it is sent
+        return httpx.Response(200, json={"results": [{"index": 0}]})
+
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(
+        httpx, "AsyncClient",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
+    )
+    monkeypatch.setattr(
+        soak, "time", types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter)
+    )
+    out = asyncio.run(soak.closed_loop("http://x", "m", [0], clients=1, seconds=2.5))
+    # Sent at 0, 1 and 2 s, the last answered at 3 s: 1 answer a second, not 3 / 2.5.
+    assert out.statuses[200] == 3
+    assert out.ok_per_s() == 1.0
