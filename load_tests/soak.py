@@ -88,8 +88,11 @@ def body(model: str) -> dict:
     return {"model": model, "query": QUERY, "documents": DOCS, "return_documents": False}
 
 
-async def one(client: httpx.AsyncClient, url: str, model: str, order: list[int], out: Outcomes):
-    start = time.perf_counter()
+async def one(client: httpx.AsyncClient, url: str, model: str, order: list[int], out: Outcomes,
+              due: float | None = None):
+    # Open loop passes when the request was due: a client loop that falls behind its
+    # schedule must not hide that wait from the latency (coordinated omission).
+    start = time.perf_counter() if due is None else due
     try:
         r = await client.post(f"{url}/v1/rerank", json=body(model))
         status: int | str = r.status_code
@@ -127,13 +130,13 @@ async def open_loop(
     out = Outcomes()
     tasks = []
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=None)) as c:
-        start = time.monotonic()
+        start = time.perf_counter()  # the clock `one` measures latency on
         n = 0
-        while (now := time.monotonic()) - start < seconds:
+        while (now := time.perf_counter()) - start < seconds:
             due = start + n / rate
             if due > now:
                 await asyncio.sleep(due - now)
-            tasks.append(asyncio.create_task(one(c, url, model, order, out)))
+            tasks.append(asyncio.create_task(one(c, url, model, order, out, due)))
             n += 1
         await asyncio.gather(*tasks)
     return out

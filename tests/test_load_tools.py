@@ -170,3 +170,40 @@ def test_soak_capacity_divides_answers_by_the_time_they_took(monkeypatch):
     # Sent at 0, 1 and 2 s, the last answered at 3 s: 1 answer a second, not 3 / 2.5.
     assert out.statuses[200] == 3
     assert out.ok_per_s() == 1.0
+
+
+def _stalled_first_answer(clock: _FakeClock, body: dict):
+    """A mock transport handler whose first request holds the client's loop for 0.5 s."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(clock.now)
+        if len(calls) == 1:
+            clock.now += 0.5
+        return httpx.Response(200, json=body)
+
+    return handler
+
+
+# Due at 0, 0.1, ..., 0.9 s; the ones due at 0.1 to 0.4 s could only go out at 0.5 s.
+_FROM_SCHEDULE = [0.0] * 5 + [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def test_soak_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch):
+    from load_tests import soak
+
+    clock = _FakeClock()
+    handler = _stalled_first_answer(clock, {"results": [{"index": 0}]})
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(
+        httpx, "AsyncClient",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
+    )
+    monkeypatch.setattr(
+        soak, "time", types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter)
+    )
+    monkeypatch.setattr(asyncio, "sleep", clock.sleep)
+    out = asyncio.run(soak.open_loop("http://x", "m", [0], rate=10, seconds=1))
+    # (soak's loop also sends the request due at exactly 1 s: one more, on time)
+    assert sorted(round(s, 3) for s in out.latency_ok) == [0.0] + _FROM_SCHEDULE
+
