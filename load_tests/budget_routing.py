@@ -45,8 +45,9 @@ def short(name: str) -> str:
 async def run_mode(url: str, extra: dict, requests: list[dict], rate: float) -> list[dict]:
     results: list[dict] = []
 
-    async def one(client: httpx.AsyncClient, body: dict) -> None:
-        start = time.perf_counter()
+    async def one(client: httpx.AsyncClient, body: dict, start: float) -> None:
+        # `start` is when the request was due: if the client falls behind its schedule,
+        # that wait is latency too (no coordinated omission).
         try:
             r = await client.post(f"{url}/v1/rerank", json={**body, **extra})
             ok = r.status_code == 200
@@ -67,10 +68,11 @@ async def run_mode(url: str, extra: dict, requests: list[dict], rate: float) -> 
         tasks = []
         t0 = time.perf_counter()
         for i, body in enumerate(requests):  # open loop: arrivals never wait for replies
-            delay = t0 + i / rate - time.perf_counter()
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(client, body)))
+            tasks.append(asyncio.create_task(one(client, body, due)))
         await asyncio.gather(*tasks)
     return results
 

@@ -207,3 +207,18 @@ def test_soak_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch)
     # (soak's loop also sends the request due at exactly 1 s: one more, on time)
     assert sorted(round(s, 3) for s in out.latency_ok) == [0.0] + _FROM_SCHEDULE
 
+
+def test_budget_routing_latency_counts_from_the_scheduled_send_time(monkeypatch):
+    from load_tests import budget_routing
+
+    clock = _FakeClock()
+    handler = _stalled_first_answer(clock, {"model": "m", "results": []})
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(
+        httpx, "AsyncClient",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
+    )
+    monkeypatch.setattr(budget_routing, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(asyncio, "sleep", clock.sleep)
+    results = asyncio.run(budget_routing.run_mode("http://x", {}, [{}] * 10, rate=10))
+    assert sorted(round(r["ms"] / 1000, 3) for r in results) == _FROM_SCHEDULE
