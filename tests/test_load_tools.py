@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import httpx
 
@@ -13,7 +17,10 @@ from load_tests.bench import _summarise
 from load_tests.workload import describe, make_requests
 from serve_app.checkpoints import tokenizer_dir
 from serve_app.tokenization import PairEncoder
+from tests.conftest import free_port
 from transformers import AutoTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _encoder() -> PairEncoder:
@@ -222,3 +229,46 @@ def test_budget_routing_latency_counts_from_the_scheduled_send_time(monkeypatch)
     monkeypatch.setattr(asyncio, "sleep", clock.sleep)
     results = asyncio.run(budget_routing.run_mode("http://x", {}, [{}] * 10, rate=10))
     assert sorted(round(r["ms"] / 1000, 3) for r in results) == _FROM_SCHEDULE
+
+
+_FAKE_SERVICE = """
+import http.server, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as run_demo_app.py: SIGTERM is a clean stop
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Ready).serve_forever()
+"""
+
+
+def _stub_python(tmp_path: Path, failing: str) -> Path:
+    """A `$PYTHON` for the bench scripts: run_demo_app.py becomes a loopback server that
+    answers /readyz, the step whose arguments contain `failing` exits 1, the rest exit 0."""
+    (tmp_path / "service.py").write_text(_FAKE_SERVICE)
+    stub = tmp_path / "python"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        'case "$*" in\n'
+        f'  *run_demo_app.py*) args=("$@"); for i in "${{!args[@]}}"; do\n'
+        '      [ "${args[$i]}" = --port ] && port=${args[$((i + 1))]}; done\n'
+        f'    exec {sys.executable} {tmp_path / "service.py"} "$port" ;;\n'
+        f'  *"{failing}"*) exit 1 ;;\n'
+        "  *) exit 0 ;;\n"
+        "esac\n"
+    )
+    stub.chmod(0o755)
+    return stub
+
+
+def _run_script(tmp_path: Path, *args: str, failing: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": str(_stub_python(tmp_path, failing)),
+           "BENCH_PORT": str(free_port())}
+    return subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, timeout=120)
+
+
+def test_cpu_bench_script_fails_when_the_http_bench_fails(tmp_path):
+    done = _run_script(tmp_path, "load_tests/cpu_bench.sh", str(tmp_path / "out"),
+                       failing="load_tests.bench http")
+    assert done.returncode != 0, done.stderr
