@@ -272,3 +272,9 @@ def test_cpu_bench_script_fails_when_the_http_bench_fails(tmp_path):
     done = _run_script(tmp_path, "load_tests/cpu_bench.sh", str(tmp_path / "out"),
                        failing="load_tests.bench http")
     assert done.returncode != 0, done.stderr
+
+
+def test_gpu_bench_script_fails_when_a_step_fails(tmp_path):
+    done = _run_script(tmp_path, "load_tests/gpu_bench.sh", "gpu-proxy", str(tmp_path / "out"),
+                       failing="load_tests.bench http")
+    assert done.returncode != 0, done.stderr
