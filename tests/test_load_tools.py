@@ -278,3 +278,15 @@ def test_gpu_bench_script_fails_when_a_step_fails(tmp_path):
     done = _run_script(tmp_path, "load_tests/gpu_bench.sh", "gpu-proxy", str(tmp_path / "out"),
                        failing="load_tests.bench http")
     assert done.returncode != 0, done.stderr
+
+
+def test_budget_routing_within_budget_share_counts_failed_requests_as_missed():
+    from load_tests.budget_routing import summarise
+
+    results = [
+        {"ms": 100.0, "ok": True, "model": "cross-encoder/ms-marco-TinyBERT-L2-v2", "budget_met": True},
+        {"ms": 5.0, "ok": False, "model": None, "budget_met": None},  # e.g. a fast 503
+    ]
+    cells = [c.strip() for c in summarise("auto", results, budget_ms=1000).split("|")]
+    assert cells[2:4] == ["2", "1"]  # requests, errors
+    assert cells[6] == "50%"  # a request that failed was not served within the budget
