@@ -197,8 +197,9 @@ async def _open_loop(url: str, bodies: list[bytes], rate: float, duration: float
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def one(body: bytes) -> None:
-            start = time.perf_counter()
+        async def one(body: bytes, start: float) -> None:
+            # `start` is when the request was due, not when it went out: if the client's
+            # loop falls behind, that wait is latency too (no coordinated omission).
             try:
                 async with session.post(url, data=body, headers=headers) as resp:
                     await resp.read()
@@ -211,10 +212,11 @@ async def _open_loop(url: str, bodies: list[bytes], rate: float, duration: float
         begin = time.perf_counter()
         for i in range(int(rate * duration)):
             # Fixed schedule, independent of responses: latency includes queueing.
-            delay = begin + i / rate - time.perf_counter()
+            due = begin + i / rate
+            delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(bodies[i % len(bodies)])))
+            tasks.append(asyncio.create_task(one(bodies[i % len(bodies)], due)))
         await asyncio.gather(*tasks)
     return records
 

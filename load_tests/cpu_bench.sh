@@ -14,7 +14,7 @@ L6=cross-encoder/ms-marco-MiniLM-L6-v2
 $py -m load_tests.bench engine --models $L6 --requests "${REQUESTS:-10}" --shape "$shape" \
   --threads 2 --batch-docs 32 --batch-tokens 8192 --st-batch 32 \
   --out "$out/engine-cpu$suffix.json" || exit 1
-port=8311
+port=${BENCH_PORT:-8311}
 $py load_tests/run_demo_app.py --config "$config" --port $port \
   > "$out/serve-cpu$suffix.log" 2>&1 &
 pid=$!
@@ -23,4 +23,6 @@ for _ in $(seq 150); do curl -sf localhost:$port/readyz >/dev/null && break; sle
 $py -m load_tests.bench http --url http://127.0.0.1:$port --model $L6 --shape "$shape" \
   --concurrency ${CONCURRENCY:-1 2 4 8} --duration "${DURATION:-30}" --idle-requests 5 \
   --client-procs 1 --out "$out/http-cpu-l6$suffix.json"
+status=$?  # the script's result: not the service's clean shutdown below
 kill -TERM $pid; wait $pid
+exit $status

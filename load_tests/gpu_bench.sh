@@ -11,6 +11,10 @@
 # BENCH_SMOKE=1 shrinks every run to seconds, to check the script itself on a machine
 # without a GPU (with NUM_GPUS=1 for logical GPUs); its figures mean nothing.
 set -uo pipefail
+# Each step runs even if one before it failed (GPU time is scarce), but any failure makes
+# the script's own status a failure: the service's clean shutdown must not hide it.
+failed=0
+trap 'failed=1' ERR
 phase=$1; out=$2; mkdir -p "$out"
 py=${PYTHON:-python3}
 if ! $py -c "import ray" 2>/dev/null; then
@@ -23,7 +27,7 @@ MODELS=(cross-encoder/ms-marco-TinyBERT-L2-v2 cross-encoder/ms-marco-MiniLM-L2-v
         cross-encoder/ms-marco-MiniLM-L4-v2 cross-encoder/ms-marco-MiniLM-L6-v2
         cross-encoder/ms-marco-MiniLM-L12-v2)
 L6=cross-encoder/ms-marco-MiniLM-L6-v2
-PORT=8000
+PORT=${BENCH_PORT:-8000}
 if [ "${BENCH_SMOKE:-0}" = 1 ]; then
   REQ=2; REQ_CPU=1; DUR=3; DUR_CPU=3; CONC=(1 2); CONC_LONG=(1); CONC_CPU=(1); IDLE=2
   MODELS=(cross-encoder/ms-marco-TinyBERT-L2-v2)
@@ -51,7 +55,7 @@ serve_down() { kill -TERM "$SERVE_PID"; wait "$SERVE_PID"; }
 
 case $phase in
 gpu)
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true  # information only
   # A forward pass's fixed cost, for batching.batch_overhead_tokens (configs guess 4096).
   $py load_tests/batch_cost_probe.py --model $L6 | tee "$out/batch-cost-gpu.txt"
   $py -m load_tests.bench engine --models "${MODELS[@]}" --requests $REQ --st-batch 256 \
@@ -95,3 +99,4 @@ cpu2)
   ;;
 *) echo "phase: gpu, gpu-proxy or cpu2" >&2; exit 2 ;;
 esac
+exit $failed

@@ -44,6 +44,10 @@ class Outcomes:
     latency_rejected: list[float] = field(default_factory=list)
     missing_retry_after: int = 0
     wrong: int = 0
+    seconds: float = 0.0  # from the first request sent to the last answer received
+
+    def ok_per_s(self) -> float:
+        return self.statuses[200] / self.seconds
 
     def record(self, status: int | str, seconds: float, retry_after: bool, ok_body: bool) -> None:
         self.statuses[status] += 1
@@ -84,8 +88,11 @@ def body(model: str) -> dict:
     return {"model": model, "query": QUERY, "documents": DOCS, "return_documents": False}
 
 
-async def one(client: httpx.AsyncClient, url: str, model: str, order: list[int], out: Outcomes):
-    start = time.perf_counter()
+async def one(client: httpx.AsyncClient, url: str, model: str, order: list[int], out: Outcomes,
+              due: float | None = None):
+    # Open loop passes when the request was due: a client loop that falls behind its
+    # schedule must not hide that wait from the latency (coordinated omission).
+    start = time.perf_counter() if due is None else due
     try:
         r = await client.post(f"{url}/v1/rerank", json=body(model))
         status: int | str = r.status_code
@@ -100,7 +107,8 @@ async def closed_loop(
     url: str, model: str, order: list[int], clients: int, seconds: float
 ) -> Outcomes:
     out = Outcomes()
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as c:
 
         async def worker() -> None:
@@ -108,6 +116,9 @@ async def closed_loop(
                 await one(c, url, model, order, out)
 
         await asyncio.gather(*(worker() for _ in range(clients)))
+    # The answers counted include those still in flight at the deadline, so the time is
+    # until the last of them, not `seconds`.
+    out.seconds = time.monotonic() - started
     return out
 
 
@@ -119,13 +130,13 @@ async def open_loop(
     out = Outcomes()
     tasks = []
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=None)) as c:
-        start = time.monotonic()
+        start = time.perf_counter()  # the clock `one` measures latency on
         n = 0
-        while (now := time.monotonic()) - start < seconds:
+        while (now := time.perf_counter()) - start < seconds:
             due = start + n / rate
             if due > now:
                 await asyncio.sleep(due - now)
-            tasks.append(asyncio.create_task(one(c, url, model, order, out)))
+            tasks.append(asyncio.create_task(one(c, url, model, order, out, due)))
             n += 1
         await asyncio.gather(*tasks)
     return out
@@ -216,14 +227,13 @@ def main() -> None:
         order = expected_order(url, card.name)
         asyncio.run(closed_loop(url, card.name, order, args.concurrency, 3))  # warm up
         probe = asyncio.run(closed_loop(url, card.name, order, args.concurrency, args.probe_s))
-        capacity = probe.statuses[200] / args.probe_s
+        capacity = probe.ok_per_s()
         memory_before = serve_memory_mb()
         rate = args.load_factor * capacity
         run = asyncio.run(open_loop(url, card.name, order, rate, args.duration_s))
         memory_after = serve_memory_mb()
-        recovery_start = time.monotonic()
         after = asyncio.run(closed_loop(url, card.name, order, args.concurrency, args.probe_s))
-        after_rps = after.statuses[200] / (time.monotonic() - recovery_start)
+        after_rps = after.ok_per_s()
         report = {
             "model": card.name,
             "capacity_rps": round(capacity, 1),

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
 
 import httpx
 
@@ -11,7 +17,10 @@ from load_tests.bench import _summarise
 from load_tests.workload import describe, make_requests
 from serve_app.checkpoints import tokenizer_dir
 from serve_app.tokenization import PairEncoder
+from tests.conftest import free_port
 from transformers import AutoTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _encoder() -> PairEncoder:
@@ -82,3 +91,202 @@ def test_cpu_cost_names_each_serve_process_by_its_part():
     assert role("ray::DashboardAgent") == "ray agents"
     assert role("ray::IDLE") == "ray system"
     assert role("python -m pytest") is None
+
+
+class _FakeClock:
+    """Injected time: `perf_counter` reads it, `sleep` waits until a deadline on it (and
+    returns at once if the loop was held past it, as asyncio's own sleep does)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float, _real=asyncio.sleep) -> None:
+        wake = self.now + seconds
+        await _real(0)
+        self.now = max(self.now, wake)
+
+
+def test_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch):
+    clock = _FakeClock()
+    calls = []
+
+    class Response:
+        status = 200
+
+        async def read(self) -> bytes:
+            return b""
+
+    class Post:
+        async def __aenter__(self) -> Response:
+            calls.append(clock.now)
+            if len(calls) == 1:
+                clock.now += 0.5  # the client's loop is held (e.g. parsing a big reply)
+            return Response()
+
+        async def __aexit__(self, *exc) -> None:
+            return None
+
+    class Session:
+        def __init__(self, **kwargs) -> None:
+            pass
+
+        async def __aenter__(self) -> "Session":
+            return self
+
+        async def __aexit__(self, *exc) -> None:
+            return None
+
+        def post(self, url: str, data: bytes, headers: dict) -> Post:
+            return Post()
+
+    import aiohttp
+
+    monkeypatch.setattr(aiohttp, "ClientSession", Session)
+    monkeypatch.setattr(aiohttp, "TCPConnector", lambda **kwargs: None)
+    monkeypatch.setattr(bench.time, "perf_counter", clock.perf_counter)
+    monkeypatch.setattr(asyncio, "sleep", clock.sleep)
+    records = asyncio.run(bench._open_loop("http://x", [b"{}"], rate=10, duration=1, headers={}))
+    by_start = {round(start, 3): latency for start, latency, _ in records}
+    # Requests due at 0.1 .. 0.4 s went out only at 0.5 s: the wait is the client's queue,
+    # part of their latency (otherwise a stalled sender hides it: coordinated omission).
+    assert sorted(by_start) == [round(i / 10, 3) for i in range(10)]
+    assert round(by_start[0.1], 3) == 0.4 and round(by_start[0.4], 3) == 0.1
+
+
+def test_soak_capacity_divides_answers_by_the_time_they_took(monkeypatch):
+    from load_tests import soak
+
+    clock = _FakeClock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        clock.now += 1.0  # each request is answered 1 s after it is sent
+        return httpx.Response(200, json={"results": [{"index": 0}]})
+
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(
+        httpx, "AsyncClient",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
+    )
+    monkeypatch.setattr(
+        soak, "time", types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter)
+    )
+    out = asyncio.run(soak.closed_loop("http://x", "m", [0], clients=1, seconds=2.5))
+    # Sent at 0, 1 and 2 s, the last answered at 3 s: 1 answer a second, not 3 / 2.5.
+    assert out.statuses[200] == 3
+    assert out.ok_per_s() == 1.0
+
+
+def _stalled_first_answer(clock: _FakeClock, body: dict):
+    """A mock transport handler whose first request holds the client's loop for 0.5 s."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(clock.now)
+        if len(calls) == 1:
+            clock.now += 0.5
+        return httpx.Response(200, json=body)
+
+    return handler
+
+
+# Due at 0, 0.1, ..., 0.9 s; the ones due at 0.1 to 0.4 s could only go out at 0.5 s.
+_FROM_SCHEDULE = [0.0] * 5 + [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def test_soak_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch):
+    from load_tests import soak
+
+    clock = _FakeClock()
+    handler = _stalled_first_answer(clock, {"results": [{"index": 0}]})
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(
+        httpx, "AsyncClient",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
+    )
+    monkeypatch.setattr(
+        soak, "time", types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter)
+    )
+    monkeypatch.setattr(asyncio, "sleep", clock.sleep)
+    out = asyncio.run(soak.open_loop("http://x", "m", [0], rate=10, seconds=1))
+    # (soak's loop also sends the request due at exactly 1 s: one more, on time)
+    assert sorted(round(s, 3) for s in out.latency_ok) == [0.0] + _FROM_SCHEDULE
+
+
+def test_budget_routing_latency_counts_from_the_scheduled_send_time(monkeypatch):
+    from load_tests import budget_routing
+
+    clock = _FakeClock()
+    handler = _stalled_first_answer(clock, {"model": "m", "results": []})
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(
+        httpx, "AsyncClient",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
+    )
+    monkeypatch.setattr(budget_routing, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(asyncio, "sleep", clock.sleep)
+    results = asyncio.run(budget_routing.run_mode("http://x", {}, [{}] * 10, rate=10))
+    assert sorted(round(r["ms"] / 1000, 3) for r in results) == _FROM_SCHEDULE
+
+
+_FAKE_SERVICE = """
+import http.server, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as run_demo_app.py: SIGTERM is a clean stop
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Ready).serve_forever()
+"""
+
+
+def _stub_python(tmp_path: Path, failing: str) -> Path:
+    """A `$PYTHON` for the bench scripts: run_demo_app.py becomes a loopback server that
+    answers /readyz, the step whose arguments contain `failing` exits 1, the rest exit 0."""
+    (tmp_path / "service.py").write_text(_FAKE_SERVICE)
+    stub = tmp_path / "python"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        'case "$*" in\n'
+        f'  *run_demo_app.py*) args=("$@"); for i in "${{!args[@]}}"; do\n'
+        '      [ "${args[$i]}" = --port ] && port=${args[$((i + 1))]}; done\n'
+        f'    exec {sys.executable} {tmp_path / "service.py"} "$port" ;;\n'
+        f'  *"{failing}"*) exit 1 ;;\n'
+        "  *) exit 0 ;;\n"
+        "esac\n"
+    )
+    stub.chmod(0o755)
+    return stub
+
+
+def _run_script(tmp_path: Path, *args: str, failing: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": str(_stub_python(tmp_path, failing)),
+           "BENCH_PORT": str(free_port())}
+    return subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, timeout=120)
+
+
+def test_cpu_bench_script_fails_when_the_http_bench_fails(tmp_path):
+    done = _run_script(tmp_path, "load_tests/cpu_bench.sh", str(tmp_path / "out"),
+                       failing="load_tests.bench http")
+    assert done.returncode != 0, done.stderr
+
+
+def test_gpu_bench_script_fails_when_a_step_fails(tmp_path):
+    done = _run_script(tmp_path, "load_tests/gpu_bench.sh", "gpu-proxy", str(tmp_path / "out"),
+                       failing="load_tests.bench http")
+    assert done.returncode != 0, done.stderr
+
+
+def test_budget_routing_within_budget_share_counts_failed_requests_as_missed():
+    from load_tests.budget_routing import summarise
+
+    results = [
+        {"ms": 100.0, "ok": True, "model": "cross-encoder/ms-marco-TinyBERT-L2-v2", "budget_met": True},
+        {"ms": 5.0, "ok": False, "model": None, "budget_met": None},  # e.g. a fast 503
+    ]
+    cells = [c.strip() for c in summarise("auto", results, budget_ms=1000).split("|")]
+    assert cells[2:4] == ["2", "1"]  # requests, errors
+    assert cells[6] == "50%"  # a request that failed was not served within the budget
