@@ -350,7 +350,10 @@ def bench_autoscale(args: argparse.Namespace) -> dict:
     for rate in args.rates:
         phase.update(name=f"load {rate} rps", rate=rate)
         records = _run_load(args, "open", rate, bodies)
+        # Records start at their scheduled send, on the system-wide monotonic clock.
+        sent = [round(start - begin, 1) for start, _, _ in records] or [None]
         steps.append({"rate_rps": rate, **_summarise(records, args.docs),
+                      "sent_from_s": min(sent), "sent_until_s": max(sent),
                       "replicas_after": _replicas(args.url).get(load_catalog_name(args.model))})
         print(json.dumps(steps[-1]), flush=True)
     phase.update(name="load stopped", rate=0.0)
@@ -373,7 +376,10 @@ def bench_autoscale(args: argparse.Namespace) -> dict:
             "first_scale_up_at_s": first(
                 lambda s: (s["replicas"] or 0) + (s["starting"] or 0) > args.min_replicas),
             "first_added_running_at_s": first(lambda s: (s["replicas"] or 0) > args.min_replicas),
-            "load_stopped_at_s": first(lambda s: s["phase"] == "load stopped"),
+            # The last request sent; the samples' "load stopped" phase starts later, when
+            # the last answer is in.
+            "load_stopped_at_s": steps[-1]["sent_until_s"] if steps else None,
+            "last_answer_at_s": first(lambda s: s["phase"] == "load stopped"),
             "back_to_min_at_s": back}
 
 
@@ -401,14 +407,26 @@ def plot_autoscale(data: dict, out: str) -> None:
     t = [s["t_s"] for s in data["samples"]]
     top.set_ylabel("replicas (dotted: incl. starting)")
     load = top.twinx()
-    load.step(t, [s["offered_rps"] for s in data["samples"]], "r--", where="post")
+    # Each step from its first to its last send, where the JSON has them; else (older
+    # runs) the samples' phases, which last until the step's last answer.
+    windows = [
+        (step["sent_from_s"], step["sent_until_s"]) if step.get("sent_until_s") is not None
+        else _phase_window(data["samples"], f'load {step["rate_rps"]} rps')
+        for step in data["steps"]
+    ]
+    if all(w is not None for w in windows):
+        edges = [(t0, step["rate_rps"]) for (t0, _), step in zip(windows, data["steps"])]
+        edges += [(t1, 0.0) for _, t1 in windows]
+        edges.sort()
+        load.step([x for x, _ in edges], [y for _, y in edges], "r--", where="post")
+    else:
+        load.step(t, [s["offered_rps"] for s in data["samples"]], "r--", where="post")
     load.set_ylabel("offered requests/s (red)")
     top.set_title(f'Autoscaling {data["model"].split("/")[-1]}')
-    for step in data["steps"]:  # each step's latency drawn over the seconds it ran
-        window = [s["t_s"] for s in data["samples"] if s["phase"] == f'load {step["rate_rps"]} rps']
-        if window:
-            bottom.hlines(step["p50_ms"], min(window), max(window), colors="b", label="p50")
-            bottom.hlines(step["p99_ms"], min(window), max(window), colors="m", label="p99")
+    for step, window in zip(data["steps"], windows):  # latency over the seconds it ran
+        if window is not None:
+            bottom.hlines(step["p50_ms"], *window, colors="b", label="p50")
+            bottom.hlines(step["p99_ms"], *window, colors="m", label="p99")
     handles, labels = bottom.get_legend_handles_labels()
     bottom.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=8)
     bottom.set_yscale("log")
@@ -416,6 +434,11 @@ def plot_autoscale(data: dict, out: str) -> None:
     bottom.set_xlabel("seconds")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+
+
+def _phase_window(samples: list[dict], phase: str) -> tuple[float, float] | None:
+    times = [s["t_s"] for s in samples if s["phase"] == phase]
+    return (min(times), max(times)) if times else None
 
 
 def plot(args: argparse.Namespace) -> None:
