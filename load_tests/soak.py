@@ -161,6 +161,34 @@ def serve_memory_mb() -> dict[str, float]:
     return rss
 
 
+def soak_app_args(args: argparse.Namespace, model: str, checkpoint: Path) -> dict:
+    """The app under test: one model and the ingress with the given queue limits. Auth is
+    off: the load goes to loopback only, and keys would only add their hashing."""
+    return {
+        "auth": {"enabled": False},
+        "models": [
+            {
+                "name": model,
+                "source": str(checkpoint),
+                "num_gpus": 0.1,
+                "num_cpus": 1,
+                "cpu_threads": 1,
+                "max_ongoing_requests": args.max_ongoing,
+                "max_queued_requests": args.max_queued,
+                "backpressure": {"status_code": 503, "retry_after_s": 1},
+                "batching": {"max_batch_size": args.max_ongoing},
+            }
+        ],
+        "ingress": {
+            "num_cpus": 0.5,
+            "max_ongoing_requests": args.ingress_max_ongoing,
+            "max_queued_requests": args.ingress_max_queued,
+            "backpressure": {"status_code": 503, "retry_after_s": 1},
+            "model_calls": {"timeout_s": 30, "failover_timeout_s": 5},
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -188,28 +216,7 @@ def main() -> None:
     card = load_catalog().resolve(args.model)
     checkpoint = Path(tempfile.mkdtemp(prefix="rerank-soak-")) / card.short_name
     write_random_checkpoint(card, checkpoint)
-    app_args = {
-        "models": [
-            {
-                "name": card.name,
-                "source": str(checkpoint),
-                "num_gpus": 0.1,
-                "num_cpus": 1,
-                "cpu_threads": 1,
-                "max_ongoing_requests": args.max_ongoing,
-                "max_queued_requests": args.max_queued,
-                "backpressure": {"status_code": 503, "retry_after_s": 1},
-                "batching": {"max_batch_size": args.max_ongoing},
-            }
-        ],
-        "ingress": {
-            "num_cpus": 0.5,
-            "max_ongoing_requests": args.ingress_max_ongoing,
-            "max_queued_requests": args.ingress_max_queued,
-            "backpressure": {"status_code": 503, "retry_after_s": 1},
-            "model_calls": {"timeout_s": 30, "failover_timeout_s": 5},
-        },
-    }
+    app_args = soak_app_args(args, card.name, checkpoint)
     ray.init(address="local", num_cpus=args.cpus, num_gpus=1, log_to_driver=False)
     try:
         port = free_port()

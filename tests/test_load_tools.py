@@ -179,6 +179,22 @@ def test_soak_capacity_divides_answers_by_the_time_they_took(monkeypatch):
     assert out.ok_per_s() == 1.0
 
 
+def test_soak_app_config_is_one_an_ingress_starts_with(tmp_path):
+    # The soak starts its own app; a config its ingress refuses (e.g. auth on with no
+    # keys) fails only when the soak is run, minutes in. Check it builds here.
+    from load_tests import soak
+    from serve_app.auth import Authenticator
+    from serve_app.config import AppConfig
+
+    args = argparse.Namespace(max_ongoing=4, max_queued=8, ingress_max_ongoing=32,
+                              ingress_max_queued=16)
+    config = AppConfig.model_validate(
+        soak.soak_app_args(args, "cross-encoder/ms-marco-TinyBERT-L2-v2", tmp_path)
+    )
+    Authenticator(config.auth)  # raises when auth is on without keys
+    assert config.models[0].max_queued_requests == 8
+
+
 def _stalled_first_answer(clock: _FakeClock, body: dict):
     """A mock transport handler whose first request holds the client's loop for 0.5 s."""
     calls = []
