@@ -45,6 +45,9 @@ class Outcomes:
     missing_retry_after: int = 0
     wrong: int = 0
     seconds: float = 0.0  # from the first request sent to the last answer received
+    # Open loop: how late each request left the client, after it was due. Large values
+    # mean the load generator, not the service, could not keep the schedule.
+    send_lag: list[float] = field(default_factory=list)
 
     def ok_per_s(self) -> float:
         return self.statuses[200] / self.seconds
@@ -67,6 +70,7 @@ class Outcomes:
             "missing_retry_after": self.missing_retry_after,
             "ok_latency_ms": percentiles(self.latency_ok),
             "rejected_latency_ms": percentiles(self.latency_rejected),
+            **({"send_lag_ms": percentiles(self.send_lag)} if self.send_lag else {}),
         }
 
 
@@ -93,6 +97,8 @@ async def one(client: httpx.AsyncClient, url: str, model: str, order: list[int],
     # Open loop passes when the request was due: a client loop that falls behind its
     # schedule must not hide that wait from the latency (coordinated omission).
     start = time.perf_counter() if due is None else due
+    if due is not None:
+        out.send_lag.append(time.perf_counter() - due)
     try:
         r = await client.post(f"{url}/v1/rerank", json=body(model))
         status: int | str = r.status_code

@@ -229,6 +229,9 @@ def test_soak_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch)
     out = asyncio.run(soak.open_loop("http://x", "m", [0], rate=10, seconds=1))
     # (soak's loop also sends the request due at exactly 1 s: one more, on time)
     assert sorted(round(s, 3) for s in out.latency_ok) == [0.0] + _FROM_SCHEDULE
+    # The four due while the loop was held left late: the report shows the client's lag.
+    assert sorted(round(s, 3) for s in out.send_lag) == [0.0] * 7 + [0.1, 0.2, 0.3, 0.4]
+    assert out.summary()["send_lag_ms"]["max"] == 400.0
 
 
 def test_budget_routing_latency_counts_from_the_scheduled_send_time(monkeypatch):
