@@ -181,9 +181,13 @@ async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, duration
                 body = bodies[i % len(bodies)]
                 i += concurrency
                 start = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                records.append((start, time.perf_counter() - start, resp.status))
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        status = resp.status
+                except aiohttp.ClientError:  # counted as an error; an uncaught one would
+                    status = 0  # end this client process and leave the bench waiting on it
+                records.append((start, time.perf_counter() - start, status))
 
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
     return records

@@ -109,6 +109,15 @@ class _FakeClock:
         self.now = max(self.now, wake)
 
 
+def test_closed_loop_counts_connection_errors_instead_of_dying():
+    # Nothing listens on the port: every request fails to connect. The loop must record
+    # them as errors and return, not raise (the bench would wait forever for its results).
+    url = f"http://127.0.0.1:{free_port()}/v1/rerank"
+    records = asyncio.run(bench._closed_loop(url, [b"{}"], 2, 0.2, {}))
+    assert records and {status for _, _, status in records} == {0}
+    assert bench._summarise(records, 1)["statuses"] == {"0": len(records)}
+
+
 def test_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch):
     clock = _FakeClock()
     calls = []
