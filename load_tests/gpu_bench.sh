@@ -49,7 +49,10 @@ serve_up() {  # $1: config, $2: cpu list for taskset or "", $3: logical CPUs for
     kill -0 $SERVE_PID 2>/dev/null || break
     sleep 2
   done
-  tail -50 "$out/serve-$phase.log"; return 1
+  tail -50 "$out/serve-$phase.log"
+  # Not ready in time: stop what was started rather than leave it holding the port.
+  kill -TERM $SERVE_PID 2>/dev/null && wait $SERVE_PID
+  return 1
 }
 serve_down() { kill -TERM "$SERVE_PID"; wait "$SERVE_PID"; }
 
