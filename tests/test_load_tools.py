@@ -109,6 +109,15 @@ class _FakeClock:
         self.now = max(self.now, wake)
 
 
+def _answer_with(monkeypatch, handler) -> None:
+    """Every httpx.AsyncClient the code under test makes answers through `handler`."""
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(
+        httpx, "AsyncClient",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
+    )
+
+
 def test_closed_loop_counts_connection_errors_instead_of_dying():
     # Nothing listens on the port: every request fails to connect. The loop must record
     # them as errors and return, not raise (the bench would wait forever for its results).
@@ -174,11 +183,7 @@ def test_soak_capacity_divides_answers_by_the_time_they_took(monkeypatch):
         clock.now += 1.0  # each request is answered 1 s after it is sent
         return httpx.Response(200, json={"results": [{"index": 0}]})
 
-    real_client = httpx.AsyncClient
-    monkeypatch.setattr(
-        httpx, "AsyncClient",
-        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
-    )
+    _answer_with(monkeypatch, handler)
     monkeypatch.setattr(
         soak, "time", types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter)
     )
@@ -226,11 +231,7 @@ def test_soak_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch)
 
     clock = _FakeClock()
     handler = _stalled_first_answer(clock, {"results": [{"index": 0}]})
-    real_client = httpx.AsyncClient
-    monkeypatch.setattr(
-        httpx, "AsyncClient",
-        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
-    )
+    _answer_with(monkeypatch, handler)
     monkeypatch.setattr(
         soak, "time", types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter)
     )
@@ -248,11 +249,7 @@ def test_budget_routing_latency_counts_from_the_scheduled_send_time(monkeypatch)
 
     clock = _FakeClock()
     handler = _stalled_first_answer(clock, {"model": "m", "results": []})
-    real_client = httpx.AsyncClient
-    monkeypatch.setattr(
-        httpx, "AsyncClient",
-        lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
-    )
+    _answer_with(monkeypatch, handler)
     monkeypatch.setattr(budget_routing, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     monkeypatch.setattr(asyncio, "sleep", clock.sleep)
     results = asyncio.run(budget_routing.run_mode("http://x", {}, [{}] * 10, rate=10))
