@@ -96,9 +96,10 @@ async def one(client: httpx.AsyncClient, url: str, model: str, order: list[int],
               due: float | None = None):
     # Open loop passes when the request was due: a client loop that falls behind its
     # schedule must not hide that wait from the latency (coordinated omission).
-    start = time.perf_counter() if due is None else due
+    start = time.perf_counter()
     if due is not None:
-        out.send_lag.append(time.perf_counter() - due)
+        out.send_lag.append(start - due)
+        start = due
     try:
         r = await client.post(f"{url}/v1/rerank", json=body(model))
         status: int | str = r.status_code
