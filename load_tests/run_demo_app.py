@@ -18,7 +18,7 @@ import ray
 import yaml
 from ray import serve
 
-from serve_app.builder import build_app
+from serve_app.runtime.builder import build_app
 
 DEMO = Path(__file__).resolve().parent.parent / "deployments" / "demo.yaml"
 

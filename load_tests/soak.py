@@ -215,7 +215,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_app.builder import build_app
+    from serve_app.runtime.builder import build_app
     from serve_app.catalog import load_catalog
     from serve_app.checkpoints import write_random_checkpoint
     from tests.conftest import free_port

@@ -75,7 +75,7 @@ def start_serve_app(
     import ray
     from ray import serve
 
-    from serve_app.builder import build_app
+    from serve_app.runtime.builder import build_app
 
     ray.init(
         address="local",

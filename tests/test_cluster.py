@@ -97,7 +97,7 @@ def cluster(checkpoint_root) -> Iterator[Cluster]:
     import ray
     from ray import serve
 
-    from serve_app.builder import build_app
+    from serve_app.runtime.builder import build_app
 
     local = LocalCluster(head_cpus=4)
     try:

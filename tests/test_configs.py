@@ -21,7 +21,7 @@ def serve_configs() -> list[Path]:
 def test_serve_config_validates(path):
     schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     (application,) = schema.applications
-    assert application.import_path == "serve_app.builder:build_app"
+    assert application.import_path == "serve_app.runtime.builder:build_app"
     # Serve's own per-call log is off, for the proxy and the app (the edge logs each request).
     assert schema.logging_config.enable_access_log is False
     assert application.logging_config.enable_access_log is False

@@ -1,0 +1,225 @@
+"""The HTTP API as a FastAPI app: parse each shape, call the service, shape the answer.
+Nothing else happens here. `create_app` takes the service and the edge policy ready-made
+(`serve_app/runtime/builder.py` builds them), so tests run the whole API in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serve_app import __version__
+from serve_app.api.edge import EdgeMiddleware, EdgePolicy
+from serve_app.api.errors import DOCUMENTED_STATUSES, error_response, error_type, http_error
+from serve_app.api.schemas import (
+    CohereV2RerankRequest,
+    ErrorResponse,
+    ModelEntry,
+    ModelList,
+    RerankRequest,
+    RerankResponse,
+    TEIRerankRequest,
+    TEIRerankResult,
+    UsageResponse,
+    rerank_response,
+    tei_response,
+)
+from serve_app.catalog import ORGANISATION
+from serve_app.config import QuotaSettings
+from serve_app.errors import InvalidJSON, InvalidRequest, NotReady, RerankError
+from serve_app.service.auth import ANONYMOUS, Principal
+from serve_app.service.rerank import RerankService
+from serve_app.types import RerankResult
+
+ROUTES = frozenset(
+    {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/usage", "/v1/routing"}
+)
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+# TEI's body calls the documents `texts`: errors name the field as the client spelt it.
+TEI_FIELDS = {"documents": "texts"}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in DOCUMENTED_STATUSES
+}
+# Documents the Bearer scheme in OpenAPI; the key is checked by `EdgeMiddleware`.
+_bearer = Security(HTTPBearer(auto_error=False, description="An API key from the operator."))
+_RERANK_ROUTE: dict[str, Any] = dict(
+    response_model=RerankResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    dependencies=[_bearer],
+)
+
+
+def create_app(
+    service: RerankService,
+    edge: EdgePolicy,
+    background: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """`background`: started with the app and cancelled when it stops (the runtime's
+    stats poller)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        task = asyncio.get_running_loop().create_task(background()) if background else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = FastAPI(
+        title="Rerank API",
+        version=__version__,
+        description="Cross-encoder reranking (cross-encoder/ms-marco v2 family) on Ray Serve.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(EdgeMiddleware, policy=edge)
+    _add_error_handlers(app)
+
+    async def rerank(
+        request: Request,
+        response: Response,
+        body: RerankRequest | TEIRerankRequest,
+        renames: dict[str, str] | None = None,
+    ) -> RerankResult:
+        internal = body.to_internal()
+        request.state.documents = len(internal.texts)
+        try:
+            result = await service.rerank(
+                internal, _caller(request), getattr(request.state, "arrived", None)
+            )
+        except RerankError as e:
+            raise _Refused(e, renames) from None
+        request.state.model = result.model
+        response.headers["x-rerank-model"] = result.served_by
+        return result
+
+    @app.post("/v1/rerank", **_RERANK_ROUTE)
+    async def rerank_v1(
+        body: RerankRequest, request: Request, response: Response
+    ) -> RerankResponse:
+        """Rerank `documents` by relevance to `query` (Cohere v1 and Jina field names).
+        `"model": "auto"` with a budget, or `"cascade"`, lets the server choose."""
+        result = await rerank(request, response, body)
+        return rerank_response(result, body.document_texts(), body.return_documents)
+
+    @app.post("/v2/rerank", **_RERANK_ROUTE)
+    async def rerank_v2(
+        body: CohereV2RerankRequest, request: Request, response: Response
+    ) -> RerankResponse:
+        """Cohere v2 rerank: documents are returned only with `return_documents: true`."""
+        result = await rerank(request, response, body)
+        return rerank_response(result, body.document_texts(), body.return_documents)
+
+    @app.post(
+        "/rerank",
+        response_model=list[TEIRerankResult],
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        dependencies=[_bearer],
+    )
+    async def rerank_tei(
+        body: TEIRerankRequest, request: Request, response: Response
+    ) -> list[TEIRerankResult]:
+        """Hugging Face text-embeddings-inference rerank: a bare array, best first."""
+        result = await rerank(request, response, body, TEI_FIELDS)
+        return tei_response(result, body.texts, body.return_text)
+
+    @app.get("/v1/usage", response_model=UsageResponse, responses=_ERRORS, dependencies=[_bearer])
+    async def usage(request: Request) -> UsageResponse:
+        """The calling key's totals since the ledger's journal began."""
+        return UsageResponse.model_validate(await service.usage(_caller(request)))
+
+    @app.get("/v1/routing", dependencies=[_bearer])
+    async def routing_state() -> dict:
+        """What budget routing sees now: per-model measured rate, queue and stats age;
+        default budget, cascade, splits and shadow agreement so far."""
+        return service.routing_state()
+
+    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS, dependencies=[_bearer])
+    async def list_models() -> ModelList:
+        """The models served, with catalog metadata and running replicas."""
+        statuses = await service.models_status()
+        return ModelList(data=[ModelEntry.of(s, ORGANISATION) for s in statuses])
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """Alive; needs no key."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz() -> JSONResponse:
+        """Every model can serve (503 otherwise); needs no key."""
+        try:
+            names = await service.check_ready()
+        except NotReady as e:
+            return http_error(e)
+        return JSONResponse({"status": "ready", "models": names})
+
+    return app
+
+
+class _Refused(Exception):
+    """A domain error on its way out of a route, with the route's field names."""
+
+    def __init__(self, error: RerankError, renames: dict[str, str] | None):
+        self.error = error
+        self.renames = renames
+
+
+def _caller(request: Request) -> Principal:
+    # Set by EdgeMiddleware on every non-public path; anonymous only when auth is off.
+    return getattr(request.state, "principal", None) or Principal(ANONYMOUS, QuotaSettings())
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(_Refused)
+    async def _refused(request: Request, exc: _Refused) -> JSONResponse:
+        request.state.error_type = error_type(exc.error)
+        return http_error(exc.error, exc.renames)
+
+    @app.exception_handler(RerankError)
+    async def _domain_error(request: Request, exc: RerankError) -> JSONResponse:
+        request.state.error_type = error_type(exc)
+        return http_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await _domain_error(request, _wire_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's only 400 is a body json could not read at all (not UTF-8, a number past
+        # int's digit limit, nesting past the recursion limit): still "not valid JSON".
+        kind = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        request.state.error_type = kind
+        return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
+
+
+def _wire_error(exc: RequestValidationError) -> RerankError:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return InvalidJSON("request body is not valid JSON")
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") != "missing":
+        return InvalidJSON("request body must be a JSON object")
+    # loc is ("body", "documents", 3, "text"): report the field path without "body".
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    message = first.get("msg", "invalid request")
+    if param is None:
+        return InvalidRequest(
+            f"body: {'request body is required' if first.get('type') == 'missing' else message}"
+        )
+    return InvalidRequest(message, param)

@@ -1,0 +1,90 @@
+"""What the router knows of each model's load, on the ingress side: the latest stats a
+model replica reported (fed in by the runtime's poller, `serve_app/runtime/serve_state.py`)
+and the tokens this ingress has dispatched and not yet had back. Plain Python: routing
+reads `loads()` synchronously and never awaits anything.
+
+Queue estimate per model = this ingress's own in-flight tokens (exact, updated instantly,
+so a burst spreads out at once) + what the replicas hold beyond what this ingress had in
+flight when it polled (other ingress replicas' traffic, at most one poll old).
+
+Per-call overhead (transport, batch wait: what a call costs beyond its service time) is
+learnt only from calls dispatched to an idle model, so a misjudged queue never feeds back
+into it and a model that stops getting traffic is not penalised forever.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from serve_app.model.stats import ModelStatsSnapshot
+from serve_app.routing.budget import ModelLoad
+
+OVERHEAD_EWMA_WEIGHT = 0.2  # weight of the newest overhead sample
+
+
+class LoadBoard:
+    def __init__(self, models: list[str]):
+        self.models = list(models)
+        self.snapshots: dict[str, ModelStatsSnapshot] = {}
+        self.polled_at: dict[str, float] = {}  # time.monotonic() of the last good poll
+        self.replicas: dict[str, int] = {m: 1 for m in models}
+        self.inflight_tokens: dict[str, int] = {m: 0 for m in models}
+        self._foreign_tokens: dict[str, int] = {m: 0 for m in models}
+        self.overhead_ms: dict[str, float] = {}
+
+    @contextmanager
+    def dispatched(self, model: str, tokens: int) -> Iterator[None]:
+        snap = self.snapshots.get(model)
+        idle = self.inflight_tokens[model] + self._foreign_tokens[model] == 0
+        rate = snap.seconds_per_token if snap else None
+        started = time.perf_counter()
+        self.inflight_tokens[model] += tokens
+        try:
+            yield
+        finally:
+            self.inflight_tokens[model] -= tokens
+        if idle and rate is not None:
+            sample = max(0.0, (time.perf_counter() - started) * 1000.0 - tokens * rate * 1000.0)
+            old = self.overhead_ms.get(model)
+            self.overhead_ms[model] = (
+                sample if old is None else old + OVERHEAD_EWMA_WEIGHT * (sample - old)
+            )
+
+    def update(self, model: str, snapshot: ModelStatsSnapshot, inflight_when_sent: int) -> None:
+        """`snapshot` is one replica's; replicas behind one handle carry similar load."""
+        held = snapshot.pending_tokens * self.replicas.get(model, 1)
+        self.snapshots[model] = snapshot
+        self.polled_at[model] = time.monotonic()
+        self._foreign_tokens[model] = max(0, held - inflight_when_sent)
+
+    def loads(self) -> dict[str, ModelLoad]:
+        out = {}
+        for m in self.models:
+            snap = self.snapshots.get(m)
+            out[m] = ModelLoad(
+                seconds_per_token=snap.seconds_per_token if snap else None,
+                batches_measured=snap.batches_measured if snap else 0,
+                queued_tokens=self.inflight_tokens[m] + self._foreign_tokens[m],
+                replicas=self.replicas.get(m, 1),
+                overhead_ms=self.overhead_ms.get(m),
+            )
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        now = time.monotonic()
+        loads = self.loads()
+        return {
+            m: {
+                "seconds_per_token": loads[m].seconds_per_token,
+                "queued_tokens": loads[m].queued_tokens,
+                "inflight_tokens": self.inflight_tokens[m],
+                "replicas": loads[m].replicas,
+                "overhead_ms": loads[m].overhead_ms,
+                "batches_measured": loads[m].batches_measured,
+                "stats_age_s": round(now - self.polled_at[m], 3) if m in self.polled_at else None,
+            }
+            for m in self.models
+        }

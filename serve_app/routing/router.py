@@ -1,0 +1,258 @@
+"""The router: decides which model scores a request and runs that decision. Named or
+default, budget (`auto`) with traffic splits, the two-stage cascade, and background shadow
+scoring. The decisions come from the plain-Python policies beside it (`names`, `budget`,
+`splits`, `cascade`, `shadow`, `ranking`); this module sequences them around an injected
+`score(model, pairs)`, so it knows nothing of how a replica is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from serve_app.catalog import Catalog
+from serve_app.config import AppConfig
+from serve_app.errors import InvalidRequest
+from serve_app.model.tokenization import EncodedPairs, PairEncoders
+from serve_app.observer import NullObserver, Observer
+from serve_app.routing.budget import BudgetPolicy
+from serve_app.routing.cascade import merge, select_pairs
+from serve_app.routing.loads import LoadBoard
+from serve_app.routing.names import ModelNames
+from serve_app.routing.ranking import rank, scored, top_indices
+from serve_app.routing.shadow import AgreementSummary, agreement
+from serve_app.routing.splits import FractionSampler, TrafficSplitter
+from serve_app.types import Budget, RerankRequest, RerankResult, Routing
+
+logger = logging.getLogger("ray.serve")
+
+AUTO = "auto"
+CASCADE = "cascade"
+
+ScoreFn = Callable[[str, EncodedPairs], Awaitable[np.ndarray]]
+
+
+def budget_met(predicted_ms: float, budget: Budget) -> bool | None:
+    """Whether a prediction fits the latency budget; None when there is none."""
+    if budget.max_latency_ms is None:
+        return None
+    return predicted_ms <= budget.max_latency_ms
+
+
+class Router:
+    def __init__(
+        self,
+        config: AppConfig,
+        catalog: Catalog,
+        encoders: PairEncoders,
+        score: ScoreFn,
+        board: LoadBoard,
+        observer: Observer = NullObserver(),
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        enabled = config.enabled_models
+        self.clock = clock
+        self.names = ModelNames(catalog, enabled, config.default_model)
+        self.policy = BudgetPolicy(catalog, enabled)
+        self.encoders = encoders
+        self.score_fn = score
+        self.board = board
+        self.observer = observer
+        routing = config.routing
+        self.default_budget = routing.default_budget.as_budget()
+        self.cascade_defaults = routing.cascade
+        self.splitter = TrafficSplitter((s.source, s.target, s.fraction) for s in routing.splits)
+        self.shadow = routing.shadow
+        self.shadow_sampler = FractionSampler(routing.shadow.fraction) if routing.shadow else None
+        self.agreement = AgreementSummary()
+        self._background: set[asyncio.Task] = set()
+
+    async def rerank(
+        self, request: RerankRequest, texts: list[str], arrived: float | None = None
+    ) -> RerankResult:
+        """Score `texts` (the request's documents, as cut for scoring) for `request`.
+        `arrived`: the clock (`time.perf_counter()`) when the request reached the ingress;
+        time spent since then counts against a latency budget. None: now."""
+        requested = (request.model or "").strip().lower()
+        arrived = self.clock() if arrived is None else arrived
+        if request.cascade is not None or requested == CASCADE:
+            if requested and requested != CASCADE:
+                raise InvalidRequest(
+                    'give `"model": "cascade"` or no model with a `cascade` object', "cascade"
+                )
+            return await self._cascade(request, texts, arrived)
+        if requested == AUTO or (not requested and not request.budget.is_empty):
+            return await self._auto(request, texts, arrived)
+        return await self._named(request, texts, arrived)
+
+    # -- the three routes -------------------------------------------------------------
+
+    async def _named(
+        self, request: RerankRequest, texts: list[str], arrived: float
+    ) -> RerankResult:
+        named = self.names.resolve(request.model)
+        pairs = await self._encode(named.model, request.query, texts)
+        predicted = self._spent_ms(arrived) + self.policy.predict(
+            named.model, pairs.total_tokens, self.board.loads()
+        )
+        routing = Routing(named.policy, round(predicted, 3), budget_met(predicted, request.budget))
+        return await self._single(named.model, pairs, request, texts, routing)
+
+    async def _auto(self, request: RerankRequest, texts: list[str], arrived: float) -> RerankResult:
+        budget = self.default_budget if request.budget.is_empty else request.budget
+        candidates = self.policy.eligible(budget)
+        # One tokenization serves the decision and, with a shared vocabulary, the model.
+        probe = candidates[0]
+        pairs = await self._encode(probe, request.query, texts)
+        loads = self.board.loads()
+        spent = self._spent_ms(arrived)
+        choice = self.policy.choose(budget, pairs.total_tokens, loads, spent)
+        model, predicted, policy = choice.model, choice.predicted_ms, "budget"
+        diverted = self.splitter.divert(model, candidates)
+        if diverted is not None:
+            model, policy = diverted, "split"
+            predicted = spent + self.policy.predict(model, pairs.total_tokens, loads)
+        pairs = await self._encode(model, request.query, texts, reuse=(probe, pairs))
+        routing = Routing(policy, round(predicted, 3), budget_met(predicted, budget))
+        return await self._single(model, pairs, request, texts, routing)
+
+    async def _single(
+        self,
+        model: str,
+        pairs: EncodedPairs,
+        request: RerankRequest,
+        texts: list[str],
+        routing: Routing,
+    ) -> RerankResult:
+        logits = await self._score(model, pairs)
+        self._maybe_shadow(model, pairs, logits, request.query, texts)
+        return RerankResult(
+            model=model,
+            served_by=model,
+            ranked=rank(logits.tolist(), request.top_n, request.raw_scores),
+            scored=[(model, len(pairs))],
+            total_tokens=pairs.total_tokens,
+            routing=routing,
+        )
+
+    async def _cascade(
+        self, request: RerankRequest, texts: list[str], arrived: float
+    ) -> RerankResult:
+        spec, defaults = request.cascade, self.cascade_defaults
+        first = self.names.resolve(
+            spec.first if spec and spec.first else defaults.first, "cascade.first"
+        ).model
+        second = self.names.resolve(
+            spec.second if spec and spec.second else defaults.second, "cascade.second"
+        ).model
+        keep = spec.keep if spec and spec.keep else defaults.keep
+        pairs = await self._encode(first, request.query, texts)
+        keep = min(keep, len(pairs))
+        loads = self.board.loads()
+        # Estimated: which documents the first stage keeps is not known yet.
+        second_tokens = pairs.total_tokens * keep // len(pairs)
+        predicted = (
+            self._spent_ms(arrived)
+            + self.policy.predict(first, pairs.total_tokens, loads)
+            + self.policy.predict(second, second_tokens, loads)
+        )
+        first_logits = (await self._score(first, pairs)).tolist()
+        kept = top_indices(first_logits, keep)
+        second_pairs = await self._encode(
+            second,
+            request.query,
+            [texts[i] for i in kept],
+            reuse=(first, select_pairs(pairs, kept)),
+        )
+        second_logits = (await self._score(second, second_pairs)).tolist()
+        return RerankResult(
+            model=CASCADE,
+            served_by=f"{first},{second}",
+            ranked=scored(
+                merge(first_logits, kept, second_logits), request.top_n, request.raw_scores
+            ),
+            scored=[(first, len(pairs)), (second, len(second_pairs))],
+            total_tokens=pairs.total_tokens + second_pairs.total_tokens,
+            routing=Routing(
+                CASCADE, round(predicted, 3), budget_met(predicted, request.budget), [first, second]
+            ),
+        )
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _encode(
+        self,
+        model: str,
+        query: str,
+        texts: list[str],
+        reuse: tuple[str, EncodedPairs] | None = None,
+    ) -> EncodedPairs:
+        started = time.perf_counter()
+        pairs = await self.encoders.encode(model, query, texts, reuse)
+        if reuse is None or pairs is not reuse[1]:
+            self.observer.tokenized(model, time.perf_counter() - started)
+        return pairs
+
+    async def _score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
+        with self.board.dispatched(model, pairs.total_tokens):
+            return await self.score_fn(model, pairs)
+
+    def _spent_ms(self, arrived: float) -> float:
+        return (self.clock() - arrived) * 1000.0
+
+    # -- shadow scoring ---------------------------------------------------------------
+
+    def _maybe_shadow(
+        self, served: str, pairs: EncodedPairs, logits: np.ndarray, query: str, texts: list[str]
+    ) -> None:
+        shadow = self.shadow
+        if shadow is None or shadow.model == served:
+            return
+        if shadow.against is not None and shadow.against != served:
+            return
+        if not self.shadow_sampler():
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._shadow_score(served, pairs, logits, query, texts)
+        )
+        # Keep a reference until it finishes: the response never waits for it.
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow_score(
+        self, served: str, pairs: EncodedPairs, logits: np.ndarray, query: str, texts: list[str]
+    ) -> None:
+        model = self.shadow.model
+        primary = self.shadow.against or "any"
+        try:
+            # The texts the served model scored (after any `max_tokens_per_doc` cut).
+            pairs = await self._encode(model, query, texts, reuse=(served, pairs))
+            shadow_logits = await self._score(model, pairs)
+            # Kendall tau is O(n^2): computed off the event loop, recorded on it.
+            overlap, tau = await asyncio.to_thread(agreement, logits, shadow_logits)
+        except Exception:
+            logger.warning("shadow scoring on %s failed", model, exc_info=True)
+            self.agreement.failed += 1
+            self.observer.shadow_failed(primary, model)
+            return
+        self.agreement.add(overlap, tau)
+        summary = self.agreement
+        self.observer.shadow_compared(
+            primary, model, overlap, summary.mean_overlap, summary.mean_tau
+        )
+
+    def describe(self) -> dict:
+        return {
+            "models": self.board.describe(),
+            "default_budget": dataclasses.asdict(self.default_budget),
+            "cascade": self.cascade_defaults.model_dump(),
+            "splits": self.splitter.describe(),
+            "shadow": None
+            if self.shadow is None
+            else {**self.shadow.model_dump(), **self.agreement.as_dict()},
+        }

@@ -1,0 +1,90 @@
+"""All the wiring. `build_app` turns the app config into the Serve application: one
+`RerankModel` deployment per enabled model, the usage ledger, and the ingress holding a
+handle to each. `build_frontend` assembles what one ingress replica runs: the model and
+ledger clients, the router, the service, the edge policy, the stats poller and the
+FastAPI app over them.
+
+    import_path: serve_app.runtime.builder:build_app   (with the app config as `args`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
+from serve_app.api.edge import EdgePolicy
+from serve_app.catalog import load_catalog
+from serve_app.config import AppConfig
+from serve_app.model.tokenization import PairEncoders
+from serve_app.routing.loads import LoadBoard
+from serve_app.routing.router import Router
+from serve_app.runtime.ingress import RerankIngress
+from serve_app.runtime.ledger import LedgerClient, UsageLedger
+from serve_app.runtime.metrics import RayMetrics
+from serve_app.runtime.model_client import ModelClient
+from serve_app.runtime.model_deployment import RerankModel
+from serve_app.runtime.serve_state import StatsPoller
+from serve_app.service.auth import Authenticator
+from serve_app.service.rerank import RerankService
+
+
+def build_app(args: dict[str, Any] | AppConfig) -> Application:
+    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    models = {m.name: RerankModel.options(**m.deployment_options()).bind(m) for m in config.models}
+    ledger = UsageLedger.options(**config.usage.deployment_options()).bind(config.usage)
+    return RerankIngress.options(**config.ingress.deployment_options()).bind(
+        build_frontend, config, models, ledger
+    )
+
+
+@dataclass
+class Frontend:
+    app: Callable[..., Any]  # the ASGI app
+    service: RerankService
+    models: ModelClient
+    poller: StatsPoller
+
+
+def build_frontend(
+    config: AppConfig, model_handles: Mapping[str, DeploymentHandle], ledger: DeploymentHandle
+) -> Frontend:
+    catalog = load_catalog()
+    metrics = RayMetrics()
+    models = ModelClient(
+        model_handles,
+        {m.name: m.short_name for m in config.models},
+        config.ingress.model_calls,
+        metrics,
+    )
+    board = LoadBoard(config.enabled_models)
+    encoders = PairEncoders.load(config.models, config.ingress.tokenizer_threads)
+    router = Router(config, catalog, encoders, models.score, board, metrics)
+    service = RerankService(config, catalog, router, models, LedgerClient(ledger), metrics)
+    poller = StatsPoller(
+        board,
+        fetch=models.stats,
+        replica_counts=lambda: {
+            m: s.get("RUNNING", 0) for m, s in models.replica_states_now().items()
+        },
+        interval_s=config.routing.stats_interval_s,
+        no_replica=models.caller.mark_unavailable,
+    )
+    backpressure = config.ingress.backpressure
+    edge = EdgePolicy(
+        authenticator=Authenticator(config.auth),
+        max_body_bytes=config.limits.max_body_bytes,
+        public_paths=PUBLIC_PATHS,
+        known_paths=ROUTES | PUBLIC_PATHS,
+        proxy_sets_request_id=True,
+        observer=metrics,
+        max_in_flight=config.ingress.admission_limit,
+        overload_throttles=backpressure.status_code == 429,
+        retry_after_s=backpressure.retry_after_s,
+    )
+    app = create_app(service, edge, background=poller.run)
+    return Frontend(app, service, models, poller)
