@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from serve_app.catalog import load_catalog
-from serve_app.checkpoints import write_random_checkpoint
-from serve_app.engine import CrossEncoderEngine
+from serve_app.model.checkpoints import write_random_checkpoint
+from serve_app.model.engine import CrossEncoderEngine
 
 SHAPES = [(1, 32), (1, 64), (1, 128), (4, 64), (16, 64), (32, 64), (4, 128), (16, 128),
           (32, 128), (8, 256), (64, 32), (128, 32)]

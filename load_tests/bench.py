@@ -58,11 +58,11 @@ def bench_engine(args: argparse.Namespace) -> dict:
     import torch
     from sentence_transformers import CrossEncoder
 
-    from serve_app.batching import PackingLimits, pack_by_token_budget
+    from serve_app.model.packing import PackingLimits, pack_by_token_budget
     from serve_app.catalog import load_catalog
-    from serve_app.checkpoints import write_random_checkpoint
-    from serve_app.engine import CrossEncoderEngine
-    from serve_app.tokenization import PairEncoder
+    from serve_app.model.checkpoints import write_random_checkpoint
+    from serve_app.model.engine import CrossEncoderEngine
+    from serve_app.model.tokenization import PairEncoder
 
     requests = make_requests(args.requests, args.docs, args.shape, seed=1)
     pairs = [(r.query, d) for r in requests for d in r.documents]

@@ -10,10 +10,11 @@ import argparse
 import statistics
 import time
 
-from serve_app.budget import Budget, BudgetPolicy
+from serve_app.routing.budget import BudgetPolicy
+from serve_app.types import Budget
 from serve_app.catalog import load_catalog
-from serve_app.model_stats import ReplicaStats
-from serve_app.stats_collector import LoadBoard
+from serve_app.model.stats import ReplicaStats
+from serve_app.routing.loads import LoadBoard
 
 
 def main() -> None:

@@ -217,7 +217,7 @@ def main() -> None:
 
     from serve_app.runtime.builder import build_app
     from serve_app.catalog import load_catalog
-    from serve_app.checkpoints import write_random_checkpoint
+    from serve_app.model.checkpoints import write_random_checkpoint
     from tests.conftest import free_port
 
     card = load_catalog().resolve(args.model)

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from serve_app.checkpoints import tokenizer_dir
+from serve_app.model.checkpoints import tokenizer_dir
 
 # Document token counts (before the query and special tokens are added).
 SHAPES = {

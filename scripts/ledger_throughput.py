@@ -15,8 +15,8 @@ import ray
 from ray import serve
 
 from serve_app.config import UsageConfig
-from serve_app.ledger import UsageLedger
-from serve_app.usage import RecordBatcher, UsageRecord
+from serve_app.runtime.ledger import UsageLedger
+from serve_app.service.usage import RecordBatcher, UsageRecord
 
 N = 2000
 

@@ -6,14 +6,55 @@ family: `rerank_<phase>_duration_seconds`.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Protocol
 
 
+@dataclass
+class AccessRecord:
+    """One answered HTTP request: ids, sizes, status and timing, never a key or a text."""
+
+    request_id: str
+    method: str
+    path: str  # the route template, or "other": bounded label values
+    status: int
+    duration_s: float
+    key_id: str | None
+    model: str | None
+    documents: int | None
+    client_name: str | None
+    error_type: str | None = None  # the error body's `type` when the request failed
+
+    @property
+    def failure(self) -> str | None:
+        """Why it failed, for counting: the error type, else the status; None if it did not."""
+        if self.status < 400:
+            return None
+        return self.error_type or f"http_{self.status}"
+
+    def log_line(self) -> str:
+        return json.dumps(
+            {
+                "event": "access",
+                "request_id": self.request_id[:128],
+                "method": self.method,
+                "path": self.path,
+                "status": self.status,
+                "duration_ms": round(self.duration_s * 1000, 3),
+                "key_id": self.key_id,
+                "model": self.model,
+                "documents": self.documents,
+                "client_name": self.client_name,
+                "error_type": self.failure,
+            },
+            separators=(",", ":"),
+        )
+
+
 class Observer(Protocol):
-    def request_done(
-        self, route: str, model: str | None, status: int, seconds: float, error_type: str | None
-    ) -> None:
-        """One HTTP request answered; `error_type` is the error body's `type` if it failed."""
+    def request_done(self, record: AccessRecord) -> None:
+        """One HTTP request answered."""
 
     def tokenized(self, model: str, seconds: float) -> None:
         """One request's pairs encoded for `model`."""
@@ -40,7 +81,7 @@ class Observer(Protocol):
 class NullObserver:
     """Measures nothing."""
 
-    def request_done(self, route, model, status, seconds, error_type) -> None:
+    def request_done(self, record) -> None:
         pass
 
     def tokenized(self, model, seconds) -> None:

@@ -8,7 +8,6 @@ Access logs carry ids, sizes, statuses and timings, never a key, a query or a do
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -20,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.api.errors import error_response, error_type, http_error
 from serve_app.errors import Overloaded, RequestTooLarge, RerankError
-from serve_app.observer import NullObserver, Observer
+from serve_app.observer import AccessRecord, NullObserver, Observer
 from serve_app.service.auth import Authenticator
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -28,36 +27,6 @@ _CLIENT_NAME = re.compile(r"^[A-Za-z0-9._:/+=-]{1,64}$")
 
 # A child of "ray.serve", so Serve writes the lines to each ingress replica's log file.
 access_logger = logging.getLogger("ray.serve.rerank_access")
-
-
-@dataclass
-class AccessRecord:
-    request_id: str
-    method: str
-    path: str  # the route template, or "other": bounded label values
-    status: int
-    duration_s: float
-    key_id: str | None
-    model: str | None
-    documents: int | None
-    client_name: str | None
-
-    def log_line(self) -> str:
-        return json.dumps(
-            {
-                "event": "access",
-                "request_id": self.request_id[:128],
-                "method": self.method,
-                "path": self.path,
-                "status": self.status,
-                "duration_ms": round(self.duration_s * 1000, 3),
-                "key_id": self.key_id,
-                "model": self.model,
-                "documents": self.documents,
-                "client_name": self.client_name,
-            },
-            separators=(",", ":"),
-        )
 
 
 @dataclass
@@ -135,6 +104,7 @@ class EdgeMiddleware:
             path = scope.get("path", "")
             principal = state.get("principal")
             record = AccessRecord(
+                error_type=state.get("error_type"),
                 request_id=request_id,
                 method=scope.get("method", ""),
                 path=path if path in policy.known_paths else "other",
@@ -145,7 +115,7 @@ class EdgeMiddleware:
                 documents=state.get("documents"),
                 client_name=_client_name(headers.get("x-client-name")),
             )
-            _observe_safely(policy.observer, record, state.get("error_type"))
+            _observe_safely(policy.observer, record)
 
     async def _admit(
         self,

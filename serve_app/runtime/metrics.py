@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from serve_app.observer import AccessRecord
+
 # Seconds; reranking spans ~1 ms (cached tiny model) to many seconds (1000 long docs on CPU).
 LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 # Tokenization and queueing are often sub-millisecond.
@@ -106,14 +108,12 @@ class RayMetrics:
             tag_keys=(*shadow_tags, "outcome"),
         )
 
-    def request_done(
-        self, route: str, model: str | None, status: int, seconds: float, error_type: str | None
-    ) -> None:
-        model = model or "none"
-        self.requests.inc(tags={"route": route, "model": model, "status": str(status)})
-        self.request_duration.observe(seconds, tags={"route": route, "model": model})
-        if error_type is not None:
-            self.failures.inc(tags={"route": route, "type": error_type})
+    def request_done(self, record: AccessRecord) -> None:
+        route, model = record.path, record.model or "none"
+        self.requests.inc(tags={"route": route, "model": model, "status": str(record.status)})
+        self.request_duration.observe(record.duration_s, tags={"route": route, "model": model})
+        if record.failure is not None:
+            self.failures.inc(tags={"route": route, "type": record.failure})
 
     def tokenized(self, model: str, seconds: float) -> None:
         self.tokenization_duration.observe(seconds, tags={"model": model})

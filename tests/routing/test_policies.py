@@ -12,23 +12,18 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from serve_app.budget import (
-    Budget,
-    BudgetPolicy,
-    FloorUnreachable,
-    LatencyPredictor,
-    ModelLoad,
-)
-from serve_app.cascade import merge, select_pairs, top_indices
 from serve_app.catalog import load_catalog
 from serve_app.config import AppConfig
-from serve_app.dispatch import as_percent
-from serve_app.model_stats import ReplicaStats
-from serve_app.schemas import RerankRequest
-from serve_app.shadow import kendall_tau_b, overlap_at_k
-from serve_app.stats_collector import LoadBoard, StatsPoller, replica_states
-from serve_app.tokenization import EncodedPairs, pair_ids
-from serve_app.traffic import FractionSampler, TrafficSplitter
+from serve_app.errors import BudgetUnsatisfiable
+from serve_app.model.stats import ReplicaStats
+from serve_app.model.tokenization import EncodedPairs, pair_ids
+from serve_app.routing.budget import BudgetPolicy, LatencyPredictor, ModelLoad
+from serve_app.routing.cascade import merge, select_pairs
+from serve_app.routing.loads import LoadBoard
+from serve_app.routing.ranking import top_indices
+from serve_app.routing.shadow import kendall_tau_b, overlap_at_k
+from serve_app.routing.splits import FractionSampler, TrafficSplitter
+from serve_app.types import Budget, as_percent
 
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
 L2 = "cross-encoder/ms-marco-MiniLM-L2-v2"
@@ -57,7 +52,7 @@ def policy() -> BudgetPolicy:
 
 def test_no_latency_budget_picks_the_most_accurate_model(policy):
     choice = policy.choose(Budget(), 1000, measured())
-    assert choice.model == L12 and choice.budget_met
+    assert choice.model == L12 and choice.budget_met is None  # no budget: nothing to meet
     assert choice.predicted_ms == pytest.approx(1000 * RATES[L12] * 1000)
 
 
@@ -95,13 +90,13 @@ def test_floor_is_respected_even_when_the_budget_is_missed(policy):
 
 
 def test_floor_above_every_model_names_the_best_available(policy):
-    with pytest.raises(FloorUnreachable) as e:
+    with pytest.raises(BudgetUnsatisfiable) as e:
         policy.eligible(Budget(min_ndcg=80))
-    assert e.value.param == "min_ndcg" and e.value.best_model == L12
+    assert e.value.param == "min_ndcg"
     assert "74.31" in str(e.value) and L12 in str(e.value)
-    with pytest.raises(FloorUnreachable) as e:
+    with pytest.raises(BudgetUnsatisfiable) as e:
         policy.choose(Budget(min_mrr=45), 10, measured())
-    assert e.value.param == "min_mrr" and e.value.best_value == 39.02
+    assert e.value.param == "min_mrr" and "39.02" in str(e.value)
 
 
 def test_choice_moves_to_smaller_models_as_the_large_queue_grows_and_back_as_it_drains(
@@ -136,9 +131,9 @@ def test_equal_predictions_prefer_the_more_accurate_model():
 def test_one_enabled_model_is_always_chosen():
     policy = BudgetPolicy(load_catalog(), [L6])
     assert policy.choose(Budget(max_latency_ms=1e-6), 100, {}).model == L6
-    with pytest.raises(FloorUnreachable) as e:
+    with pytest.raises(BudgetUnsatisfiable) as e:
         policy.eligible(Budget(min_ndcg=74.31))
-    assert e.value.best_model == L6
+    assert L6 in str(e.value)
 
 
 def test_no_stats_yet_uses_catalog_priors(policy):
@@ -326,27 +321,6 @@ def test_floors_accept_fractions_or_percent():
     assert as_percent(None) is None
 
 
-@pytest.mark.parametrize(
-    "extra,field",
-    [
-        ({"max_latency_ms": 0}, "max_latency_ms"),
-        ({"max_latency_ms": -5}, "max_latency_ms"),
-        ({"max_latency_ms": "50"}, "max_latency_ms"),
-        ({"min_ndcg": 0}, "min_ndcg"),
-        ({"min_ndcg": 101}, "min_ndcg"),
-        ({"min_mrr": True}, "min_mrr"),
-        ({"cascade": {"keep": 0}}, "cascade"),
-        ({"cascade": {"keep": 2.5}}, "cascade"),
-        ({"cascade": {"frist": TINY}}, "cascade"),
-        ({"cascade": "yes"}, "cascade"),
-    ],
-)
-def test_bad_budget_and_cascade_fields_are_rejected(extra, field):
-    with pytest.raises(ValidationError) as e:
-        RerankRequest.model_validate({"query": "q", "documents": ["a"], **extra})
-    assert e.value.errors()[0]["loc"][0] == field
-
-
 def test_routing_config_names_must_be_enabled():
     base = {"models": [{"name": L6}, {"name": L12}]}
     ok = AppConfig.model_validate(
@@ -394,55 +368,3 @@ def test_load_board_learns_overhead_only_from_calls_to_an_idle_model():
         with board.dispatched(L12, 100):  # dispatched behind another: not a sample
             pass
         assert board.loads()[L12].overhead_ms == learnt
-
-
-def test_replica_states_are_counted_per_deployment_of_the_named_app_only():
-    class State(str, enum.Enum):  # what the controller's dict holds (a str enum)
-        RUNNING = "RUNNING"
-        STARTING = "STARTING"
-
-    details = {
-        "applications": {
-            "rerank": {
-                "deployments": {
-                    "ms-marco-MiniLM-L6-v2": {
-                        "replicas": [
-                            {"state": State.RUNNING}, {"state": State.STARTING},
-                            {"state": "RUNNING"},
-                        ]
-                    },
-                    "UsageLedger": {"replicas": []},
-                }
-            },
-            "other": {"deployments": {"x": {"replicas": [{"state": "RUNNING"}]}}},
-        }
-    }
-    assert replica_states(details, "rerank") == {
-        "ms-marco-MiniLM-L6-v2": {"RUNNING": 2, "STARTING": 1},
-        "UsageLedger": {},
-    }
-    assert replica_states(details, "absent") == {}
-    assert replica_states({}, "rerank") == {}
-
-
-def test_stats_poller_reports_models_with_no_running_replica():
-    board = LoadBoard([TINY, L6])
-    told: list[str] = []
-
-    async def scenario() -> None:
-        poller = StatsPoller(
-            board,
-            fetch=lambda model: asyncio.sleep(0, ReplicaStats().snapshot()),
-            replica_counts=lambda: {TINY: 0, L6: 2},
-            interval_s=0.01,
-            no_replica=told.append,
-        )
-        poller.ensure_started()
-        deadline = time.monotonic() + 30
-        while not told and time.monotonic() < deadline:  # the first round, then stop
-            await asyncio.sleep(0.005)
-        poller._task.cancel()
-
-    asyncio.run(scenario())
-    assert told and set(told) == {TINY}
-    assert board.replicas == {TINY: 1, L6: 2}

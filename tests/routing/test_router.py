@@ -1,23 +1,21 @@
-"""The dispatcher end to end without Ray: real tokenization, a fake `score` per model, so
+"""The router end to end without Ray: real tokenization, a fake `score` per model, so
 budget routing, splits, in-flight queue accounting, the cascade and shadow scoring are
 checked exactly and fast."""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from serve_app.catalog import load_catalog
 from serve_app.config import AppConfig
-from serve_app.dispatch import Dispatcher
-from serve_app.errors import APIError
-from serve_app.ingress import load_encoders
-from serve_app.schemas import RerankRequest
-from serve_app.stats_collector import LoadBoard
-from serve_app.tokenization import EncodedPairs
+from serve_app.errors import BudgetUnsatisfiable, InvalidRequest, ModelNotFound
+from serve_app.model.tokenization import EncodedPairs, PairEncoders
+from serve_app.routing.loads import LoadBoard
+from serve_app.routing.router import Router
+from serve_app.types import Budget, CascadeSpec, RerankRequest
 from tests.conftest import checkpoint_path
 
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
@@ -73,16 +71,34 @@ def make(
     models = FakeModels()
     board = LoadBoard(config.enabled_models)
     # A stopped clock: predictions do not depend on how long this machine takes to tokenize.
-    dispatcher = Dispatcher(
-        config, load_catalog(), load_encoders(config), ThreadPoolExecutor(2), models.score, board,
+    router = Router(
+        config, load_catalog(), PairEncoders.load(config.models, 2), models.score, board,
         clock=lambda: 0.0,
     )
-    return dispatcher, models, board
+    return router, models, board
 
 
-def run(dispatcher: Dispatcher, **body):
-    request = RerankRequest.model_validate({"query": "q q", "documents": DOCS, **body})
-    return asyncio.run(dispatcher.rerank(request, request.document_texts()))
+def request(
+    query: str = "q q",
+    documents: list[str] = DOCS,
+    max_latency_ms: float | None = None,
+    min_ndcg: float | None = None,
+    min_mrr: float | None = None,
+    cascade: dict | None = None,
+    **fields,
+) -> RerankRequest:
+    return RerankRequest(
+        query=query,
+        texts=list(documents),
+        budget=Budget.of(max_latency_ms, min_ndcg, min_mrr),
+        cascade=None if cascade is None else CascadeSpec(**cascade),
+        **fields,
+    )
+
+
+def run(router: Router, **body):
+    req = request(**body)
+    return asyncio.run(router.rerank(req, req.texts))
 
 
 @pytest.fixture(scope="module")
@@ -91,69 +107,70 @@ def plain(checkpoint_root):
 
 
 def test_named_and_default_routes_report_the_policy_and_a_prediction(plain):
-    dispatcher, _, _ = plain
-    named = run(dispatcher, model="ms-marco-MiniLM-L-12-v2", max_latency_ms=1e9)
+    router, _, _ = plain
+    named = run(router, model="ms-marco-MiniLM-L-12-v2", max_latency_ms=1e9)
     assert named.model == named.served_by == L12
     assert named.routing.policy == "named" and named.routing.predicted_ms > 0
     assert named.routing.budget_met is True
-    default = run(dispatcher)
+    default = run(router)
     assert default.model == L2 and default.routing.policy == "default"
     assert default.routing.budget_met is None
 
 
 def test_auto_or_a_budget_without_model_uses_the_budget_policy(plain):
-    dispatcher, _, _ = plain
-    for body in ({"model": "auto"}, {"model": "AUTO", "max_latency_ms": 1e9}, {"min_ndcg": 0.7}):
-        out = run(dispatcher, **body)
-        assert (out.model, out.routing.policy, out.routing.budget_met) == (L12, "budget", True)
+    router, _, _ = plain
+    # budget_met only where a latency budget applied (docs/ROUTING.md): not for a floor alone.
+    for body, met in (
+        ({"model": "auto"}, None),
+        ({"model": "AUTO", "max_latency_ms": 1e9}, True),
+        ({"min_ndcg": 0.7}, None),
+    ):
+        out = run(router, **body)
+        assert (out.model, out.routing.policy, out.routing.budget_met) == (L12, "budget", met)
     # Tiny budget: the fastest by the catalog priors, flagged as missed.
-    out = run(dispatcher, model="auto", max_latency_ms=1e-6)
+    out = run(router, model="auto", max_latency_ms=1e-6)
     assert (out.model, out.routing.budget_met) == (TINY, False)
     assert out.documents == len(DOCS) and out.total_tokens > len(DOCS)
 
 
 def test_time_spent_before_the_decision_counts_against_the_budget(plain):
-    dispatcher, _, _ = plain
-    request = RerankRequest.model_validate(
-        {"model": "auto", "query": "q q", "documents": DOCS, "max_latency_ms": 500}
-    )
-    fresh = asyncio.run(dispatcher.rerank(request, DOCS, arrived=0.0))
+    router, _, _ = plain
+    auto = request(model="auto", max_latency_ms=500)
+    fresh = asyncio.run(router.rerank(auto, DOCS, arrived=0.0))
     assert (fresh.model, fresh.routing.budget_met) == (L12, True)
-    late = asyncio.run(dispatcher.rerank(request, DOCS, arrived=-1.0))  # 1 s already spent
+    late = asyncio.run(router.rerank(auto, DOCS, arrived=-1.0))  # 1 s already spent
     assert (late.model, late.routing.budget_met) == (TINY, False)
     assert late.routing.predicted_ms >= 1000
 
 
-def test_a_floor_above_every_model_is_a_400_naming_the_best(plain):
-    dispatcher, _, _ = plain
-    with pytest.raises(APIError) as e:
-        run(dispatcher, model="auto", min_ndcg=80)
-    assert (e.value.status, e.value.type, e.value.param) == (400, "budget_unsatisfiable", "min_ndcg")
+def test_a_floor_above_every_model_is_refused_naming_the_best(plain):
+    router, _, _ = plain
+    with pytest.raises(BudgetUnsatisfiable) as e:
+        run(router, model="auto", min_ndcg=80)
+    assert e.value.param == "min_ndcg"
     assert L12 in e.value.message
 
 
 def test_inflight_requests_push_auto_traffic_to_smaller_models_and_back(checkpoint_root):
-    dispatcher, models, board = make(checkpoint_root)
-    one_request_ms = run(dispatcher, model=L12).routing.predicted_ms
+    router, models, board = make(checkpoint_root)
+    one_request_ms = run(router, model=L12).routing.predicted_ms
     budget = 1.5 * one_request_ms  # L12 fits alone, not behind one other request
 
     async def scenario():
         models.gate = asyncio.Event()
         texts = list(DOCS)
-        request = RerankRequest.model_validate(
-            {"model": "auto", "query": "q q", "documents": texts, "max_latency_ms": budget}
-        )
-        first = asyncio.create_task(dispatcher.rerank(request, texts))
+        auto = request(model="auto", documents=texts, max_latency_ms=budget)
+        first = asyncio.create_task(router.rerank(auto, texts))
 
         async def first_is_at_l12():
             while board.inflight_tokens[L12] == 0:
                 await asyncio.sleep(0.001)
 
         await asyncio.wait_for(first_is_at_l12(), timeout=30)
-        second = await dispatcher.rerank(request, texts)
+        second = await router.rerank(auto, texts)
         models.gate.set()
         first = await first
-        third = await dispatcher.rerank(request, texts)
+        third = await router.rerank(auto, texts)
         return first, second, third
 
     first, second, third = asyncio.run(scenario())
@@ -163,36 +180,36 @@ def test_inflight_requests_push_auto_traffic_to_smaller_models_and_back(checkpoi
 
 
 def test_split_sends_the_configured_fraction_of_auto_traffic_and_respects_floors(checkpoint_root):
-    dispatcher, _, _ = make(
+    router, _, _ = make(
         checkpoint_root, routing={"splits": [{"from": L12, "to": L2, "fraction": 0.5}]}
     )
-    outs = [run(dispatcher, model="auto") for _ in range(4)]
+    outs = [run(router, model="auto") for _ in range(4)]
     assert [o.model for o in outs] == [L12, L2, L12, L2]
     assert [o.routing.policy for o in outs] == ["budget", "split", "budget", "split"]
     # Named traffic is never split; a candidate below the floor is not used.
-    assert run(dispatcher, model=L12).model == L12
-    floored = [run(dispatcher, model="auto", min_ndcg=74).model for _ in range(2)]
+    assert run(router, model=L12).model == L12
+    floored = [run(router, model="auto", min_ndcg=74).model for _ in range(2)]
     assert floored == [L12, L12]
 
 
 def test_split_fraction_counts_only_requests_the_candidate_may_serve(checkpoint_root):
     # Requests whose floor excludes the candidate must not use up the split's picks:
     # otherwise plain requests alternating with floored ones are never diverted.
-    dispatcher, _, _ = make(
+    router, _, _ = make(
         checkpoint_root, routing={"splits": [{"from": L12, "to": L2, "fraction": 0.5}]}
     )
     plain_models = []
     for _ in range(4):
-        assert run(dispatcher, model="auto", min_ndcg=74).model == L12
-        plain_models.append(run(dispatcher, model="auto").model)
+        assert run(router, model="auto", min_ndcg=74).model == L12
+        plain_models.append(run(router, model="auto").model)
     assert plain_models == [L12, L2, L12, L2]
 
 
 def test_cascade_orders_kept_by_second_then_rest_by_first_and_bills_both(plain):
-    dispatcher, models, _ = plain
+    router, models, _ = plain
     models.calls.clear()
-    out = run(dispatcher, model="cascade", cascade={"keep": 3}, raw_scores=True)
-    tiny = run(dispatcher, model=TINY, raw_scores=True)
+    out = run(router, model="cascade", cascade={"keep": 3}, raw_scores=True)
+    tiny = run(router, model=TINY, raw_scores=True)
     tiny_order = [i for i, _ in tiny.ranked]
     kept = tiny_order[:3]
     by_l12 = sorted(kept, key=lambda i: (dict(tiny.ranked)[i], i))  # L12 = -TinyBERT
@@ -207,46 +224,45 @@ def test_cascade_orders_kept_by_second_then_rest_by_first_and_bills_both(plain):
 
 
 def test_cascade_object_alone_defaults_and_limits(plain):
-    dispatcher, _, _ = plain
-    out = run(dispatcher, cascade={"first": "ms-marco-MiniLM-L-2-v2", "keep": 100}, top_n=2)
+    router, _, _ = plain
+    out = run(router, cascade={"first": "ms-marco-MiniLM-L-2-v2", "keep": 100}, top_n=2)
     assert out.routing.stages == [L2, L12] and out.documents == 2 * len(DOCS)
     assert len(out.ranked) == 2 and all(0 < s < 1 for _, s in out.ranked)
 
 
 @pytest.mark.parametrize(
-    "body,status,param",
+    "body,error,param",
     [
-        ({"model": "cascade", "cascade": {"first": "nope"}}, 404, "cascade.first"),
-        ({"model": "cascade", "cascade": {"second": "ms-marco-MiniLM-L6-v2"}}, 404,
+        ({"model": "cascade", "cascade": {"first": "nope"}}, ModelNotFound, "cascade.first"),
+        ({"model": "cascade", "cascade": {"second": "ms-marco-MiniLM-L6-v2"}}, ModelNotFound,
          "cascade.second"),
-        ({"model": L12, "cascade": {"keep": 2}}, 422, "cascade"),
-        ({"model": "nope"}, 404, "model"),
+        ({"model": L12, "cascade": {"keep": 2}}, InvalidRequest, "cascade"),
+        ({"model": "nope"}, ModelNotFound, "model"),
     ],
 )
-def test_cascade_and_model_errors(plain, body, status, param):
-    dispatcher, _, _ = plain
-    with pytest.raises(APIError) as e:
-        run(dispatcher, **body)
-    assert (e.value.status, e.value.param) == (status, param)
+def test_cascade_and_model_errors(plain, body, error, param):
+    router, _, _ = plain
+    with pytest.raises(error) as e:
+        run(router, **body)
+    assert e.value.param == param
 
 
 def test_shadow_scores_in_the_background_and_records_agreement(checkpoint_root):
-    dispatcher, models, _ = make(
+    router, models, _ = make(
         checkpoint_root, routing={"shadow": {"model": L12, "against": TINY, "fraction": 0.5}}
     )
 
     async def scenario():
-        outs = [await dispatcher.rerank(req, req.document_texts()) for req in requests]
-        await asyncio.gather(*list(dispatcher._background))
+        outs = [await router.rerank(req, req.texts) for req in requests]
+        await asyncio.gather(*list(router._background))
         return outs
 
     requests = [
-        RerankRequest.model_validate({"model": m, "query": "q", "documents": DOCS})
-        for m in (TINY, TINY, L2, TINY, TINY)
+        request(model=m, query="q") for m in (TINY, TINY, L2, TINY, TINY)
     ]
     outs = asyncio.run(scenario())
     assert [o.model for o in outs] == [TINY, TINY, L2, TINY, TINY]
-    summary = dispatcher.shadow_metrics.summary.as_dict()
+    summary = router.agreement.as_dict()
     # Half of the 4 TinyBERT requests; L12 ranks in exactly the reverse order of TinyBERT
     # (ties aside), so the agreement is strongly negative.
     assert summary["compared"] == 2 and summary["failed"] == 0
@@ -255,39 +271,39 @@ def test_shadow_scores_in_the_background_and_records_agreement(checkpoint_root):
 
     models.failing.add(L12)
     asyncio.run(scenario())
-    assert dispatcher.shadow_metrics.summary.failed == 2  # responses still fine
+    assert router.agreement.failed == 2  # responses still fine
 
 
 def test_a_shadow_model_with_its_own_encoder_scores_the_texts_the_served_model_scored(
     checkpoint_root,
 ):
     # L12 with another query cap has its own encoder, so its shadow pairs are re-encoded.
-    dispatcher, models, _ = make(
+    router, models, _ = make(
         checkpoint_root,
         routing={"shadow": {"model": L12, "fraction": 1.0}},
         model_options={L12: {"max_query_tokens": 32}},
     )
-    assert dispatcher.encoders[L12] is not dispatcher.encoders[TINY]
-    request = RerankRequest.model_validate({"model": TINY, "query": "q", "documents": DOCS})
+    assert not router.encoders.same_encoding(L12, TINY)
+    served_request = request(model=TINY, query="q")
     cut = ["a"] * len(DOCS)  # what `max_tokens_per_doc` would leave of the documents
 
     async def scenario():
-        await dispatcher.rerank(request, cut)
-        await asyncio.gather(*list(dispatcher._background))
+        await router.rerank(served_request, cut)
+        await asyncio.gather(*list(router._background))
 
     asyncio.run(scenario())
     (served,), (shadowed,) = ([t for m, t in models.tokens if m == x] for x in (TINY, L12))
     assert shadowed == served
-    assert dispatcher.shadow_metrics.summary.as_dict()["compared"] == 1
+    assert router.agreement.as_dict()["compared"] == 1
 
 
 @pytest.mark.parametrize("count", [0, 1, 31, 32, 33, 100, 257])
 def test_sliced_parallel_encoding_equals_one_serial_encode(plain, count, monkeypatch):
     """Requests are tokenized in slices on the pool's threads and joined: the result must
     be exactly the one-call encoding, in document order, with the query encoded once."""
-    dispatcher, _, _ = plain
+    router, _, _ = plain
     texts = [f"doc {i} " + "word " * (i * 7 % 60) for i in range(count)]
-    encoder = dispatcher.encoders[TINY]
+    encoder = router.encoders.encoders[TINY]
     whole = encoder.encode("a query", texts)
 
     class CountingQueries:
@@ -300,7 +316,7 @@ def test_sliced_parallel_encoding_equals_one_serial_encode(plain, count, monkeyp
 
     queries = CountingQueries(encoder._queries)
     monkeypatch.setattr(encoder, "_queries", queries)
-    sliced = asyncio.run(dispatcher._encode(TINY, "a query", texts))
+    sliced = asyncio.run(router.encoders.encode(TINY, "a query", texts))
     assert queries.calls == 1
     assert sliced.head.tolist() == whole.head.tolist()
     assert sliced.doc_lengths.tolist() == whole.doc_lengths.tolist()
