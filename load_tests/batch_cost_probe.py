@@ -18,8 +18,20 @@ from serve_app.catalog import load_catalog
 from serve_app.model.checkpoints import write_random_checkpoint
 from serve_app.model.engine import CrossEncoderEngine
 
-SHAPES = [(1, 32), (1, 64), (1, 128), (4, 64), (16, 64), (32, 64), (4, 128), (16, 128),
-          (32, 128), (8, 256), (64, 32), (128, 32)]
+SHAPES = [
+    (1, 32),
+    (1, 64),
+    (1, 128),
+    (4, 64),
+    (16, 64),
+    (32, 64),
+    (4, 128),
+    (16, 128),
+    (32, 128),
+    (8, 256),
+    (64, 32),
+    (128, 32),
+]
 GPU_SHAPES = SHAPES + [(256, 64), (512, 64), (256, 128), (128, 256)]
 
 
@@ -28,7 +40,9 @@ def main() -> None:
     parser.add_argument("--model", default="cross-encoder/ms-marco-MiniLM-L6-v2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--checkpoints", default=os.path.expanduser("~/.cache/rerank-serve/random-init"))
+    parser.add_argument(
+        "--checkpoints", default=os.path.expanduser("~/.cache/rerank-serve/random-init")
+    )
     args = parser.parse_args()
     card = load_catalog().resolve(args.model)
     source = str(write_random_checkpoint(card, os.path.join(args.checkpoints, card.short_name)))
@@ -53,9 +67,11 @@ def main() -> None:
     weight = np.array([1 / seconds for _, seconds in timed])
     design = np.array([[tokens, 1.0] for tokens, _ in timed]) * weight[:, None]
     per_token, per_pass = np.linalg.lstsq(design, np.ones(len(timed)), rcond=None)[0]
-    print(f"{args.model} on {engine.device} ({engine.dtype}, threads={args.threads}): "
-          f"{per_token * 1e6:.3f} us per padded token, {per_pass * 1e3:.2f} ms per pass "
-          f"= {per_pass / per_token:.0f} padded tokens per pass")
+    print(
+        f"{args.model} on {engine.device} ({engine.dtype}, threads={args.threads}): "
+        f"{per_token * 1e6:.3f} us per padded token, {per_pass * 1e3:.2f} ms per pass "
+        f"= {per_pass / per_token:.0f} padded tokens per pass"
+    )
 
 
 if __name__ == "__main__":

@@ -58,16 +58,20 @@ def bench_engine(args: argparse.Namespace) -> dict:
     import torch
     from sentence_transformers import CrossEncoder
 
-    from serve_app.model.packing import PackingLimits, pack_by_token_budget
     from serve_app.catalog import load_catalog
     from serve_app.model.checkpoints import write_random_checkpoint
     from serve_app.model.engine import CrossEncoderEngine
+    from serve_app.model.packing import PackingLimits, pack_by_token_budget
     from serve_app.model.tokenization import PairEncoder
 
     requests = make_requests(args.requests, args.docs, args.shape, seed=1)
     pairs = [(r.query, d) for r in requests for d in r.documents]
     limits = PackingLimits(args.batch_tokens, args.batch_docs, args.batch_overhead)
-    results = {"machine": machine(), "workload": {"shape": args.shape, "docs": args.docs}, "models": {}}
+    results = {
+        "machine": machine(),
+        "workload": {"shape": args.shape, "docs": args.docs},
+        "models": {},
+    }
     for name in args.models:
         card = load_catalog().resolve(name)
         source = args.source or str(Path(args.checkpoints) / card.short_name)
@@ -137,9 +141,12 @@ def bench_engine(args: argparse.Namespace) -> dict:
             "sentence_transformers_per_query_docs_per_s": round(len(pairs) / st_per_query_s),
             # predict() tokenizes too: the fair ratio includes our tokenization.
             "speedup_incl_tokenization_vs_sentence_transformers": round(
-                st_s / (tokenize_s + forward_s), 2),
+                st_s / (tokenize_s + forward_s), 2
+            ),
             "forward_only_speedup_vs_sentence_transformers": round(st_s / forward_s, 2),
-            "max_abs_logit_diff_vs_sentence_transformers": float(np.abs(ours_flat - reference).max()),
+            "max_abs_logit_diff_vs_sentence_transformers": float(
+                np.abs(ours_flat - reference).max()
+            ),
             "identical_rankings": same_ranking,
             "v100_published_docs_per_s": card.v100_docs_per_s,
         }
@@ -162,15 +169,20 @@ def bench_engine(args: argparse.Namespace) -> dict:
 def _bodies(args: argparse.Namespace, n: int, seed: int) -> list[bytes]:
     return [
         json.dumps(
-            {"model": args.model, "query": r.query, "documents": r.documents,
-             "return_documents": False}
+            {
+                "model": args.model,
+                "query": r.query,
+                "documents": r.documents,
+                "return_documents": False,
+            }
         ).encode()
         for r in make_requests(n, args.docs, args.shape, seed=seed)
     ]
 
 
-async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, duration: float,
-                       headers: dict) -> list[tuple[float, float, int]]:
+async def _closed_loop(
+    url: str, bodies: list[bytes], concurrency: int, duration: float, headers: dict
+) -> list[tuple[float, float, int]]:
     import aiohttp
 
     records: list[tuple[float, float, int]] = []  # (start, latency_s, status)
@@ -196,8 +208,9 @@ async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, duration
     return records
 
 
-async def _open_loop(url: str, bodies: list[bytes], rate: float, duration: float,
-                     headers: dict) -> list[tuple[float, float, int]]:
+async def _open_loop(
+    url: str, bodies: list[bytes], rate: float, duration: float, headers: dict
+) -> list[tuple[float, float, int]]:
     import aiohttp
 
     records: list[tuple[float, float, int]] = []
@@ -228,8 +241,9 @@ async def _open_loop(url: str, bodies: list[bytes], rate: float, duration: float
     return records
 
 
-def _client_process(kind: str, url: str, bodies: list[bytes], level: float, duration: float,
-                    headers: dict, queue) -> None:
+def _client_process(
+    kind: str, url: str, bodies: list[bytes], level: float, duration: float, headers: dict, queue
+) -> None:
     run = _closed_loop if kind == "closed" else _open_loop
     queue.put(asyncio.run(run(url, bodies, level, duration, headers)))
 
@@ -250,8 +264,18 @@ def _run_load(args, kind: str, level: float, bodies: list[bytes]) -> list:
     workers = []
     for p in range(procs):
         share = level / procs if kind == "open" else int(level) // procs + (p < int(level) % procs)
-        w = ctx.Process(target=_client_process, args=(
-            kind, f"{args.url}/v1/rerank", bodies[p::procs], share, args.duration, headers, queue))
+        w = ctx.Process(
+            target=_client_process,
+            args=(
+                kind,
+                f"{args.url}/v1/rerank",
+                bodies[p::procs],
+                share,
+                args.duration,
+                headers,
+                queue,
+            ),
+        )
         w.start()
         workers.append(w)
     records = [r for _ in workers for r in queue.get()]
@@ -263,7 +287,9 @@ def _run_load(args, kind: str, level: float, bodies: list[bytes]) -> list:
 def _summarise(records: list, docs: int) -> dict:
     ok = [lat for _, lat, status in records if status == 200]
     # Rates over the wall time actually spanned, first start to last completion.
-    duration = max(s + lat for s, lat, _ in records) - min(s for s, _, _ in records) if records else 1.0
+    duration = (
+        max(s + lat for s, lat, _ in records) - min(s for s, _, _ in records) if records else 1.0
+    )
     statuses: dict[str, int] = {}
     for _, _, status in records:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
@@ -297,8 +323,15 @@ def bench_http(args: argparse.Namespace) -> dict:
     import httpx
 
     bodies = _bodies(args, 200, seed=1)  # seed 1: the same requests as `engine` uses
-    out: dict = {"machine": machine(), "url": args.url, "model": args.model, "docs": args.docs,
-                 "shape": args.shape, "closed_loop": [], "open_loop": []}
+    out: dict = {
+        "machine": machine(),
+        "url": args.url,
+        "model": args.model,
+        "docs": args.docs,
+        "shape": args.shape,
+        "closed_loop": [],
+        "open_loop": [],
+    }
     # One kept-alive connection, as a search service's client pool holds: a new client per
     # request would time the client's own set-up (tens of ms here), not the service.
     with httpx.Client(headers=_headers(args), timeout=120) as client:
@@ -310,14 +343,17 @@ def bench_http(args: argparse.Namespace) -> dict:
 
         post(bodies[-1])  # untimed: the first call's one-off costs stay out of every figure
         # Idle single-request latency first: one client, one request at a time.
-        single = [post(body) for body in bodies[:args.idle_requests]]
+        single = [post(body) for body in bodies[: args.idle_requests]]
     if single:
         out["idle_single_request_p50_ms"] = percentile_ms(single, 50)
         out["idle_single_request_p99_ms"] = percentile_ms(single, 99)
         print(json.dumps({"idle": out["idle_single_request_p50_ms"]}), flush=True)
     for c in args.concurrency:
-        row = {"concurrency": c, **_summarise(_run_load(args, "closed", c, bodies), args.docs),
-               "replicas_after": _replicas(args.url)}
+        row = {
+            "concurrency": c,
+            **_summarise(_run_load(args, "closed", c, bodies), args.docs),
+            "replicas_after": _replicas(args.url),
+        }
         out["closed_loop"].append(row)
         print(json.dumps(row), flush=True)
     rates = list(args.rates)
@@ -325,8 +361,11 @@ def bench_http(args: argparse.Namespace) -> dict:
         best = max(r["requests_per_s"] for r in out["closed_loop"])
         rates += [round(best * f, 1) for f in args.rate_fractions]
     for rate in rates:
-        row = {"rate_rps": rate, **_summarise(_run_load(args, "open", rate, bodies), args.docs),
-               "replicas_after": _replicas(args.url)}
+        row = {
+            "rate_rps": rate,
+            **_summarise(_run_load(args, "open", rate, bodies), args.docs),
+            "replicas_after": _replicas(args.url),
+        }
         out["open_loop"].append(row)
         print(json.dumps(row), flush=True)
     return out
@@ -346,9 +385,15 @@ def bench_autoscale(args: argparse.Namespace) -> dict:
     def sampler() -> None:
         while not stop.is_set():
             entry = _models(args.url).get(load_catalog_name(args.model), {})
-            samples.append({"t_s": round(time.perf_counter() - begin, 1), "phase": phase["name"],
-                            "offered_rps": phase["rate"], "replicas": entry.get("replicas"),
-                            "starting": entry.get("replicas_starting")})
+            samples.append(
+                {
+                    "t_s": round(time.perf_counter() - begin, 1),
+                    "phase": phase["name"],
+                    "offered_rps": phase["rate"],
+                    "replicas": entry.get("replicas"),
+                    "starting": entry.get("replicas_starting"),
+                }
+            )
             stop.wait(1.0)
 
     thread = threading.Thread(target=sampler, daemon=True)
@@ -359,35 +404,58 @@ def bench_autoscale(args: argparse.Namespace) -> dict:
         records = _run_load(args, "open", rate, bodies)
         # Records start at their scheduled send, on the system-wide monotonic clock.
         sent = [round(start - begin, 1) for start, _, _ in records] or [None]
-        steps.append({"rate_rps": rate, **_summarise(records, args.docs),
-                      "sent_from_s": min(sent), "sent_until_s": max(sent),
-                      "replicas_after": _replicas(args.url).get(load_catalog_name(args.model))})
+        steps.append(
+            {
+                "rate_rps": rate,
+                **_summarise(records, args.docs),
+                "sent_from_s": min(sent),
+                "sent_until_s": max(sent),
+                "replicas_after": _replicas(args.url).get(load_catalog_name(args.model)),
+            }
+        )
         print(json.dumps(steps[-1]), flush=True)
     phase.update(name="load stopped", rate=0.0)
     deadline = time.perf_counter() + args.drain_timeout
     while time.perf_counter() < deadline:
-        if samples and samples[-1]["phase"] == "load stopped" and samples[-1]["replicas"] == args.min_replicas:
+        if (
+            samples
+            and samples[-1]["phase"] == "load stopped"
+            and samples[-1]["replicas"] == args.min_replicas
+        ):
             break
         time.sleep(1.0)
     stop.set()
     thread.join()
     peak = max((s["replicas"] or 0) for s in samples) if samples else None
-    back = next((s["t_s"] for s in samples if s["phase"] == "load stopped"
-                 and s["replicas"] == args.min_replicas), None)
+    back = next(
+        (
+            s["t_s"]
+            for s in samples
+            if s["phase"] == "load stopped" and s["replicas"] == args.min_replicas
+        ),
+        None,
+    )
+
     def first(condition) -> float | None:
         return next((s["t_s"] for s in samples if condition(s)), None)
 
-    return {"machine": machine(), "model": args.model, "steps": steps, "samples": samples,
-            "peak_replicas": peak,
-            # When the autoscaler first added a replica, and when one first ran.
-            "first_scale_up_at_s": first(
-                lambda s: (s["replicas"] or 0) + (s["starting"] or 0) > args.min_replicas),
-            "first_added_running_at_s": first(lambda s: (s["replicas"] or 0) > args.min_replicas),
-            # The last request sent; the samples' "load stopped" phase starts later, when
-            # the last answer is in.
-            "load_stopped_at_s": steps[-1]["sent_until_s"] if steps else None,
-            "last_answer_at_s": first(lambda s: s["phase"] == "load stopped"),
-            "back_to_min_at_s": back}
+    return {
+        "machine": machine(),
+        "model": args.model,
+        "steps": steps,
+        "samples": samples,
+        "peak_replicas": peak,
+        # When the autoscaler first added a replica, and when one first ran.
+        "first_scale_up_at_s": first(
+            lambda s: (s["replicas"] or 0) + (s["starting"] or 0) > args.min_replicas
+        ),
+        "first_added_running_at_s": first(lambda s: (s["replicas"] or 0) > args.min_replicas),
+        # The last request sent; the samples' "load stopped" phase starts later, when
+        # the last answer is in.
+        "load_stopped_at_s": steps[-1]["sent_until_s"] if steps else None,
+        "last_answer_at_s": first(lambda s: s["phase"] == "load stopped"),
+        "back_to_min_at_s": back,
+    }
 
 
 def load_catalog_name(name: str) -> str:
@@ -417,8 +485,9 @@ def plot_autoscale(data: dict, out: str) -> None:
     # Each step from its first to its last send, where the JSON has them; else (older
     # runs) the samples' phases, which last until the step's last answer.
     windows = [
-        (step["sent_from_s"], step["sent_until_s"]) if step.get("sent_until_s") is not None
-        else _phase_window(data["samples"], f'load {step["rate_rps"]} rps')
+        (step["sent_from_s"], step["sent_until_s"])
+        if step.get("sent_until_s") is not None
+        else _phase_window(data["samples"], f"load {step['rate_rps']} rps")
         for step in data["steps"]
     ]
     if all(w is not None for w in windows):
@@ -429,13 +498,15 @@ def plot_autoscale(data: dict, out: str) -> None:
     else:
         load.step(t, [s["offered_rps"] for s in data["samples"]], "r--", where="post")
     load.set_ylabel("offered requests/s (red)")
-    top.set_title(f'Autoscaling {data["model"].split("/")[-1]}')
+    top.set_title(f"Autoscaling {data['model'].split('/')[-1]}")
     for step, window in zip(data["steps"], windows):  # latency over the seconds it ran
         if window is not None:
             bottom.hlines(step["p50_ms"], *window, colors="b", label="p50")
             bottom.hlines(step["p99_ms"], *window, colors="m", label="p99")
     handles, labels = bottom.get_legend_handles_labels()
-    bottom.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=8)
+    bottom.legend(
+        dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=8
+    )
     bottom.set_yscale("log")
     bottom.set_ylabel("latency per load step, ms")
     bottom.set_xlabel("seconds")
@@ -458,14 +529,26 @@ def plot(args: argparse.Namespace) -> None:
     for path in args.files:
         data = json.loads(Path(path).read_text())
         rows = sorted(data["closed_loop"], key=lambda r: r["concurrency"])
-        label = f'{data["model"].split("/")[-1]} ({data.get("shape", "standard")})'
+        label = f"{data['model'].split('/')[-1]} ({data.get('shape', 'standard')})"
         if len(args.files) > 1:
             label += f" {Path(path).stem}"
-        ax.plot([r["docs_per_s"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=f"{label} p99")
-        ax.plot([r["docs_per_s"] for r in rows], [r["p50_ms"] for r in rows], "x--", label=f"{label} p50")
+        ax.plot(
+            [r["docs_per_s"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=f"{label} p99"
+        )
+        ax.plot(
+            [r["docs_per_s"] for r in rows],
+            [r["p50_ms"] for r in rows],
+            "x--",
+            label=f"{label} p50",
+        )
         for r in rows:  # points joined in order of rising load, each marked with its clients
-            ax.annotate(f'{r["concurrency"]}', (r["docs_per_s"], r["p99_ms"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
+            ax.annotate(
+                f"{r['concurrency']}",
+                (r["docs_per_s"], r["p99_ms"]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(3, 3),
+            )
     ax.set_xlabel("documents scored per second (through HTTP); numbers: concurrent clients")
     ax.set_ylabel("request latency, ms (100 docs per request)")
     ax.set_yscale("log")
@@ -478,7 +561,9 @@ def plot(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("engine")
@@ -492,8 +577,12 @@ def main() -> None:
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--batch-tokens", type=int, default=65536)
     e.add_argument("--batch-docs", type=int, default=512)
-    e.add_argument("--batch-overhead", type=int, default=64,
-                   help="a forward pass's fixed cost in padded tokens (batch_cost_probe.py)")
+    e.add_argument(
+        "--batch-overhead",
+        type=int,
+        default=64,
+        help="a forward pass's fixed cost in padded tokens (batch_cost_probe.py)",
+    )
     e.add_argument("--st-batch", type=int, default=32)
     e.add_argument("--out", required=True)
 
@@ -509,8 +598,13 @@ def main() -> None:
     add_load_target(h, docs=100, client_procs=2)
     h.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16, 32, 64])
     h.add_argument("--rates", type=float, nargs="*", default=[])
-    h.add_argument("--rate-fractions", type=float, nargs="*", default=[],
-                   help="open-loop rates as fractions of the best closed-loop throughput")
+    h.add_argument(
+        "--rate-fractions",
+        type=float,
+        nargs="*",
+        default=[],
+        help="open-loop rates as fractions of the best closed-loop throughput",
+    )
     h.add_argument("--duration", type=float, default=15)
     h.add_argument("--idle-requests", type=int, default=50)
     h.add_argument("--out", required=True)

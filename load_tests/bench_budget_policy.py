@@ -10,11 +10,11 @@ import argparse
 import statistics
 import time
 
-from serve_app.routing.budget import BudgetPolicy
-from serve_app.types import Budget
 from serve_app.catalog import load_catalog
 from serve_app.model.stats import ReplicaStats
+from serve_app.routing.budget import BudgetPolicy
 from serve_app.routing.loads import LoadBoard
+from serve_app.types import Budget
 
 
 def main() -> None:
@@ -31,7 +31,9 @@ def main() -> None:
         stats.record_batch(0.01 * (i + 1), 10_000)
         stats.request_started(1000 * i)
         board.update(model, stats.snapshot(), inflight_when_sent=0)
-    budgets = [Budget(max_latency_ms=ms, min_ndcg=floor) for ms in (5, 20, 80) for floor in (None, 72)]
+    budgets = [
+        Budget(max_latency_ms=ms, min_ndcg=floor) for ms in (5, 20, 80) for floor in (None, 72)
+    ]
 
     timings = []
     for n in range(args.decisions):

@@ -102,7 +102,10 @@ async def main_async(args: argparse.Namespace) -> None:
     n = max(1, int(args.rate * args.duration))
     requests = make_requests(n, args.docs, args.seed)
     modes = {
-        f"auto, max_latency_ms={args.budget_ms:g}": {"model": "auto", "max_latency_ms": args.budget_ms},
+        f"auto, max_latency_ms={args.budget_ms:g}": {
+            "model": "auto",
+            "max_latency_ms": args.budget_ms,
+        },
         "fixed MiniLM-L12": {"model": L12},
         "fixed TinyBERT-L2": {"model": TINY},
     }
@@ -114,8 +117,10 @@ async def main_async(args: argparse.Namespace) -> None:
         f"offered load {args.rate:g} req/s for {args.duration:g} s ({n} requests), "
         f"{args.docs} documents/request, budget {args.budget_ms:g} ms\n"
     )
-    print("| mode | requests | errors | p50 ms | p99 ms | within budget (client) | "
-          "budget_met (router) | model mix |")
+    print(
+        "| mode | requests | errors | p50 ms | p99 ms | within budget (client) | "
+        "budget_met (router) | model mix |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, extra in modes.items():
         results = await run_mode(args.url, extra, requests, args.rate)

@@ -43,7 +43,7 @@ def role(cmdline: str) -> str | None:
         if any(p in cmdline for p in ("dashboard", "log_monitor", "ray/autoscaler")):
             return "ray agents"
         return None
-    name = cmdline[len("ray::"):].split(" ", 1)[0]
+    name = cmdline[len("ray::") :].split(" ", 1)[0]
     if name.startswith(("DashboardAgent", "RuntimeEnvAgent")):
         return "ray agents"  # the metrics agent exports every replica's metrics
     if name.startswith("ProxyActor"):
@@ -89,9 +89,15 @@ def measure(args: argparse.Namespace, model: str, idle_rate: dict[str, float]) -
     for kind in sorted(after):
         used = after[kind] - before.get(kind, 0.0)
         net = used - idle_rate.get(kind, 0.0) * elapsed
-        per_request[kind] = {"ms": round(1000 * used / n, 2), "ms_less_idle": round(1000 * net / n, 2)}
-    return {**_summarise(records, args.docs), "answered_per_s": round(n / elapsed, 1),
-            "cpu_per_request": per_request}
+        per_request[kind] = {
+            "ms": round(1000 * used / n, 2),
+            "ms_less_idle": round(1000 * net / n, 2),
+        }
+    return {
+        **_summarise(records, args.docs),
+        "answered_per_s": round(n / elapsed, 1),
+        "cpu_per_request": per_request,
+    }
 
 
 def main() -> None:
@@ -128,8 +134,11 @@ def main() -> None:
     for phase in ("frontend", "rerank"):
         row = result[phase]
         costs = ", ".join(f"{k} {v['ms_less_idle']}" for k, v in row["cpu_per_request"].items())
-        print(f"{phase}: {row['answered_per_s']} req/s, statuses {row['statuses']}; "
-              f"CPU ms per request less idle: {costs}", flush=True)
+        print(
+            f"{phase}: {row['answered_per_s']} req/s, statuses {row['statuses']}; "
+            f"CPU ms per request less idle: {costs}",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

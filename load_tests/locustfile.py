@@ -22,8 +22,9 @@ MODEL = os.environ.get("RERANK_MODEL", "cross-encoder/ms-marco-MiniLM-L6-v2")
 DOCS = int(os.environ.get("RERANK_DOCS", "100"))
 SHAPE = os.environ.get("RERANK_SHAPE", "standard")
 BODIES = [
-    json.dumps({"model": MODEL, "query": r.query, "documents": r.documents,
-                "return_documents": False})
+    json.dumps(
+        {"model": MODEL, "query": r.query, "documents": r.documents, "return_documents": False}
+    )
     for r in make_requests(200, DOCS, SHAPE, seed=4)
 ]
 HEADERS = {"content-type": "application/json"}
@@ -39,9 +40,13 @@ class RerankUser(HttpUser):
 
     @task
     def rerank(self) -> None:
-        with self.client.post("/v1/rerank", data=next(self._bodies), headers=HEADERS,
-                              name=f"rerank {MODEL.split('/')[-1]} x{DOCS}",
-                              catch_response=True) as response:
+        with self.client.post(
+            "/v1/rerank",
+            data=next(self._bodies),
+            headers=HEADERS,
+            name=f"rerank {MODEL.split('/')[-1]} x{DOCS}",
+            catch_response=True,
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif len(response.json()["results"]) != DOCS:

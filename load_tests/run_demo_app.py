@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs for Ray")
     parser.add_argument(
-        "--num-gpus", type=int, default=None,
+        "--num-gpus",
+        type=int,
+        default=None,
         help="logical GPUs for Ray (default: the GPUs Ray detects)",
     )
     parser.add_argument("--models", nargs="*", help="substrings of model names to keep")
@@ -40,15 +42,20 @@ def main() -> None:
     app_args = app_spec["args"]
     if args.models:
         app_args["models"] = [
-            m for m in app_args["models"] if any(s.lower() in m["name"].lower() for s in args.models)
+            m
+            for m in app_args["models"]
+            if any(s.lower() in m["name"].lower() for s in args.models)
         ]
         names = [m["name"] for m in app_args["models"]]
         if app_args.get("default_model") not in (None, *names):
             app_args["default_model"] = names[0]
 
     ray.init(
-        address="local", num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-        include_dashboard=False, log_to_driver=False,
+        address="local",
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        include_dashboard=False,
+        log_to_driver=False,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -58,7 +65,10 @@ def main() -> None:
             logging_config=serve_config.get("logging_config"),
         )
         serve.run(
-            build_app(app_args), name="rerank", route_prefix="/", blocking=False,
+            build_app(app_args),
+            name="rerank",
+            route_prefix="/",
+            blocking=False,
             logging_config=app_spec.get("logging_config"),
         )
         url = f"http://127.0.0.1:{args.port}"

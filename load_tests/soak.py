@@ -92,8 +92,14 @@ def body(model: str) -> dict:
     return {"model": model, "query": QUERY, "documents": DOCS, "return_documents": False}
 
 
-async def one(client: httpx.AsyncClient, url: str, model: str, order: list[int], out: Outcomes,
-              due: float | None = None):
+async def one(
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    order: list[int],
+    out: Outcomes,
+    due: float | None = None,
+):
     # Open loop passes when the request was due: a client loop that falls behind its
     # schedule must not hide that wait from the latency (coordinated omission).
     start = time.perf_counter()
@@ -215,9 +221,9 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_app.runtime.builder import build_app
     from serve_app.catalog import load_catalog
     from serve_app.model.checkpoints import write_random_checkpoint
+    from serve_app.runtime.builder import build_app
     from tests.conftest import free_port
 
     card = load_catalog().resolve(args.model)

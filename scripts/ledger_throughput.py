@@ -32,8 +32,10 @@ async def measure(handle) -> None:
         await handle.record.remote([usage_record(f"s{i}")])
         latencies.append(time.perf_counter() - started)
     latencies.sort()
-    print(f"sequential, one record per call: p50 {latencies[150] * 1e3:.2f} ms, "
-          f"p90 {latencies[270] * 1e3:.2f} ms")
+    print(
+        f"sequential, one record per call: p50 {latencies[150] * 1e3:.2f} ms, "
+        f"p90 {latencies[270] * 1e3:.2f} ms"
+    )
 
     started = time.perf_counter()
     await asyncio.gather(*(handle.record.remote([usage_record(f"c{i}")]) for i in range(N)))
@@ -53,8 +55,9 @@ def main() -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 0})
         ledger = UsageLedger.options(ray_actor_options={"num_cpus": 0.1})
-        handle = serve.run(ledger.bind(UsageConfig(journal_path=journal)), name="bench",
-                           route_prefix=None)
+        handle = serve.run(
+            ledger.bind(UsageConfig(journal_path=journal)), name="bench", route_prefix=None
+        )
         asyncio.run(measure(handle))
     finally:
         serve.shutdown()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from serve_app.catalog import load_catalog
-from serve_app.checkpoints import write_random_checkpoint
+from serve_app.model.checkpoints import write_random_checkpoint
 
 ALL_MODELS = [card.name for card in load_catalog()]
 
@@ -90,9 +90,7 @@ def start_serve_app(
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="rerank", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
-        wait_until(
-            lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 300, "readyz"
-        )
+        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 300, "readyz")
         yield url
     finally:
         serve.shutdown()

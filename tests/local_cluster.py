@@ -87,9 +87,7 @@ class LocalCluster:
 
     head_cpus: float = 2
     head_resources: dict[str, float] = field(default_factory=dict)
-    temp_dir: Path = field(
-        default_factory=lambda: Path(tempfile.mkdtemp(prefix="rr-", dir="/tmp"))
-    )
+    temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rr-", dir="/tmp")))
     port: int = field(default_factory=free_port)
     nodes: list[LocalNode] = field(default_factory=list)
 

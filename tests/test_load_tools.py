@@ -11,14 +11,14 @@ import types
 from pathlib import Path
 
 import httpx
+from transformers import AutoTokenizer
 
 from load_tests import bench
 from load_tests.bench import _summarise
 from load_tests.workload import describe, make_requests
-from serve_app.checkpoints import tokenizer_dir
-from serve_app.tokenization import PairEncoder
+from serve_app.model.checkpoints import tokenizer_dir
+from serve_app.model.tokenization import PairEncoder
 from tests.conftest import free_port
-from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,8 +64,17 @@ def test_http_bench_sends_the_api_key_on_every_request_over_one_client(monkeypat
 
     monkeypatch.setattr(httpx, "Client", client)
     args = argparse.Namespace(
-        url="http://127.0.0.1:1", model="m", docs=2, shape="standard", idle_requests=3,
-        concurrency=[], rates=[], rate_fractions=[], api_key="k1", client_procs=1, duration=1,
+        url="http://127.0.0.1:1",
+        model="m",
+        docs=2,
+        shape="standard",
+        idle_requests=3,
+        concurrency=[],
+        rates=[],
+        rate_fractions=[],
+        api_key="k1",
+        client_procs=1,
+        duration=1,
     )
     out = bench.bench_http(args)
     assert seen == ["Bearer k1"] * 4  # one untimed warm request, then the 3 idle ones
@@ -113,7 +122,8 @@ def _answer_with(monkeypatch, handler) -> None:
     """Every httpx.AsyncClient the code under test makes answers through `handler`."""
     real_client = httpx.AsyncClient
     monkeypatch.setattr(
-        httpx, "AsyncClient",
+        httpx,
+        "AsyncClient",
         lambda **kwargs: real_client(transport=httpx.MockTransport(handler), **kwargs),
     )
 
@@ -151,7 +161,7 @@ def test_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch):
         def __init__(self, **kwargs) -> None:
             pass
 
-        async def __aenter__(self) -> "Session":
+        async def __aenter__(self) -> Session:
             return self
 
         async def __aexit__(self, *exc) -> None:
@@ -185,7 +195,9 @@ def test_soak_capacity_divides_answers_by_the_time_they_took(monkeypatch):
 
     _answer_with(monkeypatch, handler)
     monkeypatch.setattr(
-        soak, "time", types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter)
+        soak,
+        "time",
+        types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter),
     )
     out = asyncio.run(soak.closed_loop("http://x", "m", [0], clients=1, seconds=2.5))
     # Sent at 0, 1 and 2 s, the last answered at 3 s: 1 answer a second, not 3 / 2.5.
@@ -197,11 +209,12 @@ def test_soak_app_config_is_one_an_ingress_starts_with(tmp_path):
     # The soak starts its own app; a config its ingress refuses (e.g. auth on with no
     # keys) fails only when the soak is run, minutes in. Check it builds here.
     from load_tests import soak
-    from serve_app.auth import Authenticator
     from serve_app.config import AppConfig
+    from serve_app.service.auth import Authenticator
 
-    args = argparse.Namespace(max_ongoing=4, max_queued=8, ingress_max_ongoing=32,
-                              ingress_max_queued=16)
+    args = argparse.Namespace(
+        max_ongoing=4, max_queued=8, ingress_max_ongoing=32, ingress_max_queued=16
+    )
     config = AppConfig.model_validate(
         soak.soak_app_args(args, "cross-encoder/ms-marco-TinyBERT-L2-v2", tmp_path)
     )
@@ -233,7 +246,9 @@ def test_soak_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch)
     handler = _stalled_first_answer(clock, {"results": [{"index": 0}]})
     _answer_with(monkeypatch, handler)
     monkeypatch.setattr(
-        soak, "time", types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter)
+        soak,
+        "time",
+        types.SimpleNamespace(monotonic=clock.perf_counter, perf_counter=clock.perf_counter),
     )
     monkeypatch.setattr(asyncio, "sleep", clock.sleep)
     out = asyncio.run(soak.open_loop("http://x", "m", [0], rate=10, seconds=1))
@@ -250,7 +265,9 @@ def test_budget_routing_latency_counts_from_the_scheduled_send_time(monkeypatch)
     clock = _FakeClock()
     handler = _stalled_first_answer(clock, {"model": "m", "results": []})
     _answer_with(monkeypatch, handler)
-    monkeypatch.setattr(budget_routing, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(
+        budget_routing, "time", types.SimpleNamespace(perf_counter=clock.perf_counter)
+    )
     monkeypatch.setattr(asyncio, "sleep", clock.sleep)
     results = asyncio.run(budget_routing.run_mode("http://x", {}, [{}] * 10, rate=10))
     assert sorted(round(r["ms"] / 1000, 3) for r in results) == _FROM_SCHEDULE
@@ -288,20 +305,29 @@ def _stub_python(tmp_path: Path, failing: str) -> Path:
 
 
 def _run_script(tmp_path: Path, *args: str, failing: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": str(_stub_python(tmp_path, failing)),
-           "BENCH_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "PYTHON": str(_stub_python(tmp_path, failing)),
+        "BENCH_PORT": str(free_port()),
+    }
     return subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, timeout=120)
 
 
 def test_cpu_bench_script_fails_when_the_http_bench_fails(tmp_path):
-    done = _run_script(tmp_path, "load_tests/cpu_bench.sh", str(tmp_path / "out"),
-                       failing="load_tests.bench http")
+    done = _run_script(
+        tmp_path, "load_tests/cpu_bench.sh", str(tmp_path / "out"), failing="load_tests.bench http"
+    )
     assert done.returncode != 0, done.stderr
 
 
 def test_gpu_bench_script_fails_when_a_step_fails(tmp_path):
-    done = _run_script(tmp_path, "load_tests/gpu_bench.sh", "gpu-proxy", str(tmp_path / "out"),
-                       failing="load_tests.bench http")
+    done = _run_script(
+        tmp_path,
+        "load_tests/gpu_bench.sh",
+        "gpu-proxy",
+        str(tmp_path / "out"),
+        failing="load_tests.bench http",
+    )
     assert done.returncode != 0, done.stderr
 
 
@@ -309,7 +335,12 @@ def test_budget_routing_within_budget_share_counts_failed_requests_as_missed():
     from load_tests.budget_routing import summarise
 
     results = [
-        {"ms": 100.0, "ok": True, "model": "cross-encoder/ms-marco-TinyBERT-L2-v2", "budget_met": True},
+        {
+            "ms": 100.0,
+            "ok": True,
+            "model": "cross-encoder/ms-marco-TinyBERT-L2-v2",
+            "budget_met": True,
+        },
         {"ms": 5.0, "ok": False, "model": None, "budget_met": None},  # e.g. a fast 503
     ]
     cells = [c.strip() for c in summarise("auto", results, budget_ms=1000).split("|")]

@@ -147,16 +147,10 @@ class EdgeMiddleware:
                 return _replay(b"".join(chunks), receive)
 
 
-def _observe_safely(observer: Observer, record: AccessRecord, error_type: str | None) -> None:
+def _observe_safely(observer: Observer, record: AccessRecord) -> None:
     try:
         access_logger.info(record.log_line())
-        observer.request_done(
-            record.path,
-            record.model,
-            record.status,
-            record.duration_s,
-            error_type or (f"http_{record.status}" if record.status >= 400 else None),
-        )
+        observer.request_done(record)
     except Exception:  # logging or metrics must never fail a request
         logging.getLogger("ray.serve").exception("access observer failed")
 

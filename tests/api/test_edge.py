@@ -29,7 +29,6 @@ def auth_config(**kw) -> AuthConfig:
     )
 
 
-
 class Recorder:
     def __init__(self, records: list[AccessRecord]):
         self.records = records
@@ -39,7 +38,9 @@ class Recorder:
 
 
 def edge_app(
-    observed: list[AccessRecord], max_body: int = 100, max_in_flight: int | None = None,
+    observed: list[AccessRecord],
+    max_body: int = 100,
+    max_in_flight: int | None = None,
     gate: asyncio.Event | None = None,
 ) -> Starlette:
     async def hold(request: Request) -> JSONResponse:
@@ -50,12 +51,14 @@ def edge_app(
         body = await request.json()
         request.state.model = "m"
         request.state.documents = len(body.get("documents", []))
-        return JSONResponse({
-            "principal": request.state.principal.key_id,
-            "bytes": len(json.dumps(body)),
-            # Budget routing counts from here: set before the body was read.
-            "waited_s": time.perf_counter() - request.state.arrived,
-        })
+        return JSONResponse(
+            {
+                "principal": request.state.principal.key_id,
+                "bytes": len(json.dumps(body)),
+                # Budget routing counts from here: set before the body was read.
+                "waited_s": time.perf_counter() - request.state.arrived,
+            }
+        )
 
     async def boom(request: Request) -> JSONResponse:
         raise RuntimeError("bug")
@@ -72,8 +75,14 @@ def edge_app(
         max_in_flight=max_in_flight,
         retry_after_s=2,
     )
-    app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/boom", boom),
-                            Route("/healthz", health), Route("/hold", hold)])
+    app = Starlette(
+        routes=[
+            Route("/echo", echo, methods=["POST"]),
+            Route("/boom", boom),
+            Route("/healthz", health),
+            Route("/hold", hold),
+        ]
+    )
     app.add_middleware(EdgeMiddleware, policy=policy)
     return app
 
@@ -87,8 +96,9 @@ async def test_edge_authenticates_limits_bodies_and_tags_request_ids():
     observed: list[AccessRecord] = []
     async with await _client(edge_app(observed)) as client:
         auth = {"Authorization": f"Bearer {KEY}"}
-        ok = await client.post("/echo", json={"documents": ["secret text"]},
-                               headers={**auth, "X-Request-ID": "abc-1"})
+        ok = await client.post(
+            "/echo", json={"documents": ["secret text"]}, headers={**auth, "X-Request-ID": "abc-1"}
+        )
         assert ok.status_code == 200 and ok.json()["principal"] == "alice"
         assert 0 <= ok.json()["waited_s"]
         assert ok.headers["x-request-id"] == "abc-1"
@@ -111,7 +121,12 @@ async def test_edge_authenticates_limits_bodies_and_tags_request_ids():
 
     first = observed[0]
     assert (first.request_id, first.status, first.key_id, first.model, first.documents) == (
-        "abc-1", 200, "alice", "m", 1)
+        "abc-1",
+        200,
+        "alice",
+        "m",
+        1,
+    )
     assert [r.status for r in observed] == [200, 401, 200, 413, 413, 500, 404]
     assert observed[-1].path == "other"
 
@@ -143,8 +158,11 @@ async def test_edge_sheds_beyond_its_in_flight_limit_in_the_error_shape_and_reco
 async def test_access_log_lines_never_hold_keys_or_text(caplog):
     observed: list[AccessRecord] = []
     async with await _client(edge_app(observed, max_body=10_000)) as client:
-        await client.post("/echo", json={"query": "private query", "documents": ["secret"]},
-                          headers={"Authorization": f"Bearer {KEY}", "X-Client-Name": "app"})
+        await client.post(
+            "/echo",
+            json={"query": "private query", "documents": ["secret"]},
+            headers={"Authorization": f"Bearer {KEY}", "X-Client-Name": "app"},
+        )
         await client.post("/echo", json={}, headers={"Authorization": "Bearer guessed-key"})
     with caplog.at_level(logging.INFO, logger="ray.serve.rerank_access"):
         for r in observed:
@@ -155,6 +173,3 @@ async def test_access_log_lines_never_hold_keys_or_text(caplog):
     text = "\n".join(caplog.messages)
     for secret in (KEY, "guessed-key", "private query", "secret"):
         assert secret not in text
-
-
-@pytest.mark.anyio

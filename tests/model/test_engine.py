@@ -4,17 +4,20 @@ the reference: sentence-transformers' CrossEncoder and the tokenizer's own pair 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from serve_app.batching import PackingLimits
-from serve_app.checkpoints import RANDOM_INIT_MARKER, write_random_checkpoint
 from serve_app.catalog import load_catalog
-from serve_app.engine import CrossEncoderEngine
-from serve_app.tokenization import PairEncoder, pair_ids
+from serve_app.model.checkpoints import RANDOM_INIT_MARKER, write_random_checkpoint
+from serve_app.model.engine import CrossEncoderEngine
+from serve_app.model.packing import PackingLimits
+from serve_app.model.tokenization import PairEncoder, pair_ids
 from tests.conftest import ALL_MODELS, checkpoint_path
+
+DEFAULT_LIMITS = PackingLimits.from_settings()
 
 QUERY = "what is the capital of france"
 DOCS = [
@@ -52,11 +55,20 @@ def test_plain_text_shortcut_gives_the_tokenizers_own_ids_for_every_character(en
     that are not plain, in several positions, must still give the reference's ids."""
     assert encoder._plain_documents is not None  # the family's tokenizer takes the shortcut
     chars = [chr(c) for c in range(128)] + list("\u00a0\u0085\u3000\u2028\ufffd\u00e9\u4e2d\u0301")
-    docs = [d for c in chars for d in (c, f"a{c}b", f"Word{c}{c}Word  x{c}", f"{c} Capital-Case, {c}end")]
-    docs += DOCS + ["Tabs\tand\nnew\r\nlines", "\x0bvertical\x0cfeed\x1fsep", "x" * 300 + " and more"]
+    docs = [
+        d
+        for c in chars
+        for d in (c, f"a{c}b", f"Word{c}{c}Word  x{c}", f"{c} Capital-Case, {c}end")
+    ]
+    docs += DOCS + [
+        "Tabs\tand\nnew\r\nlines",
+        "\x0bvertical\x0cfeed\x1fsep",
+        "x" * 300 + " and more",
+    ]
     pairs = encoder.encode(QUERY, docs)
-    reference = encoder.tokenizer([QUERY] * len(docs), docs, truncation="only_second",
-                                  max_length=encoder.max_length)
+    reference = encoder.tokenizer(
+        [QUERY] * len(docs), docs, truncation="only_second", max_length=encoder.max_length
+    )
     got = pair_ids(pairs)
     assert [d for d, a, b in zip(docs, got, reference["input_ids"]) if a != b] == []
 
@@ -65,7 +77,10 @@ def test_concurrent_encodes_equal_serial_ones(encoder):
     """The ingress encodes in a thread pool with one encoder per vocabulary. Queries and
     documents are cut at different lengths; no call may see another's length."""
     jobs = [
-        (f"query {i} " + "why " * 40 * (i % 3), ["word " * (50 + 37 * (i % 11)), "short", DOCS[3] * 9])
+        (
+            f"query {i} " + "why " * 40 * (i % 3),
+            ["word " * (50 + 37 * (i % 11)), "short", DOCS[3] * 9],
+        )
         for i in range(400)
     ]
     serial = [pair_ids(encoder.encode(q, docs)) for q, docs in jobs]
@@ -82,7 +97,9 @@ def test_one_encoder_serves_the_whole_family(checkpoint_root):
 def test_logits_match_sentence_transformers_within_1e_4(engine, encoder):
     from sentence_transformers import CrossEncoder
 
-    served = engine.score([encoder.encode(QUERY, DOCS)], PackingLimits(max_batch_docs=3))[0]
+    served = engine.score([encoder.encode(QUERY, DOCS)], replace(DEFAULT_LIMITS, max_batch_docs=3))[
+        0
+    ]
     reference = CrossEncoder(engine.source, device="cpu").predict(
         [(QUERY, d) for d in DOCS], activation_fn=torch.nn.Identity()
     )
@@ -105,10 +122,15 @@ def test_batching_does_not_change_scores(engine, encoder):
     together = engine.score(
         [encoder.encode(q, docs) for q, docs in requests],
         # A pass's overhead priced above any padding: all pairs go in one padded batch.
-        PackingLimits(max_batch_tokens=100_000, max_batch_docs=1000, batch_overhead_tokens=10**6),
+        replace(
+            DEFAULT_LIMITS,
+            max_batch_tokens=100_000,
+            max_batch_docs=1000,
+            batch_overhead_tokens=10**6,
+        ),
     )
     one_by_one = [
-        engine.score([encoder.encode(q, [d])], PackingLimits(max_batch_docs=1))[0][0]
+        engine.score([encoder.encode(q, [d])], replace(DEFAULT_LIMITS, max_batch_docs=1))[0][0]
         for q, docs in requests
         for d in docs
     ]
@@ -141,7 +163,7 @@ def test_forward_thread_uses_the_configured_cpu_threads(checkpoint_root):
     import threading
 
     from serve_app.config import ModelDeploymentConfig
-    from serve_app.model_deployment import RerankModel
+    from serve_app.runtime.model_deployment import RerankModel
 
     fresh: list[int] = []
     probe = threading.Thread(target=lambda: fresh.append(_openmp_max_threads()))
@@ -182,7 +204,10 @@ def test_every_row_the_engine_runs_is_exactly_one_pairs_ids(encoder, monkeypatch
     engine = CrossEncoderEngine.__new__(CrossEncoderEngine)
     engine.device = torch.device("cpu")
     monkeypatch.setattr(engine, "_forward", forward)
-    for limits in (PackingLimits(), PackingLimits(max_batch_docs=3, batch_overhead_tokens=0)):
+    for limits in (
+        DEFAULT_LIMITS,
+        replace(DEFAULT_LIMITS, max_batch_docs=3, batch_overhead_tokens=0),
+    ):
         seen.clear()
         logits = engine.score(requests, limits)
         assert sorted(seen) == sorted(tuple(ids) for r in requests for ids in pair_ids(r))

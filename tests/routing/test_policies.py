@@ -3,10 +3,7 @@ stats bookkeeping, with synthetic stats: plain Python, no Ray."""
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import math
-import time
 
 import numpy as np
 import pytest
@@ -324,17 +321,25 @@ def test_floors_accept_fractions_or_percent():
 def test_routing_config_names_must_be_enabled():
     base = {"models": [{"name": L6}, {"name": L12}]}
     ok = AppConfig.model_validate(
-        {**base, "routing": {"splits": [{"from": "ms-marco-MiniLM-L-12-v2", "to": L6,
-                                         "fraction": 0.1}],
-                             "shadow": {"model": L6, "against": L12, "fraction": 0.05}}}
+        {
+            **base,
+            "routing": {
+                "splits": [{"from": "ms-marco-MiniLM-L-12-v2", "to": L6, "fraction": 0.1}],
+                "shadow": {"model": L6, "against": L12, "fraction": 0.05},
+            },
+        }
     )
     assert ok.routing.splits[0].source == L12 and ok.routing.shadow.against == L12
     for routing in (
         {"splits": [{"from": L12, "to": TINY, "fraction": 0.1}]},
         {"splits": [{"from": L12, "to": L6, "fraction": 1.5}]},
         # Two splits from one model (one spelled as an alias): one would shadow the other.
-        {"splits": [{"from": L12, "to": L6, "fraction": 0.1},
-                    {"from": "ms-marco-MiniLM-L-12-v2", "to": L6, "fraction": 0.2}]},
+        {
+            "splits": [
+                {"from": L12, "to": L6, "fraction": 0.1},
+                {"from": "ms-marco-MiniLM-L-12-v2", "to": L6, "fraction": 0.2},
+            ]
+        },
         {"shadow": {"model": TINY, "fraction": 0.1}},
         {"default_budget": {"max_latency_ms": -1}},
         {"cascade": {"keep": 0}},

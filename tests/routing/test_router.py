@@ -72,7 +72,11 @@ def make(
     board = LoadBoard(config.enabled_models)
     # A stopped clock: predictions do not depend on how long this machine takes to tokenize.
     router = Router(
-        config, load_catalog(), PairEncoders.load(config.models, 2), models.score, board,
+        config,
+        load_catalog(),
+        PairEncoders.load(config.models, 2),
+        models.score,
+        board,
         clock=lambda: 0.0,
     )
     return router, models, board
@@ -234,8 +238,11 @@ def test_cascade_object_alone_defaults_and_limits(plain):
     "body,error,param",
     [
         ({"model": "cascade", "cascade": {"first": "nope"}}, ModelNotFound, "cascade.first"),
-        ({"model": "cascade", "cascade": {"second": "ms-marco-MiniLM-L6-v2"}}, ModelNotFound,
-         "cascade.second"),
+        (
+            {"model": "cascade", "cascade": {"second": "ms-marco-MiniLM-L6-v2"}},
+            ModelNotFound,
+            "cascade.second",
+        ),
         ({"model": L12, "cascade": {"keep": 2}}, InvalidRequest, "cascade"),
         ({"model": "nope"}, ModelNotFound, "model"),
     ],
@@ -257,9 +264,7 @@ def test_shadow_scores_in_the_background_and_records_agreement(checkpoint_root):
         await asyncio.gather(*list(router._background))
         return outs
 
-    requests = [
-        request(model=m, query="q") for m in (TINY, TINY, L2, TINY, TINY)
-    ]
+    requests = [request(model=m, query="q") for m in (TINY, TINY, L2, TINY, TINY)]
     outs = asyncio.run(scenario())
     assert [o.model for o in outs] == [TINY, TINY, L2, TINY, TINY]
     summary = router.agreement.as_dict()

@@ -15,7 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from serve_app.auth import hash_key
+from serve_app.service.auth import hash_key
 from tests.conftest import app_args, free_port, start_serve_app, wait_until
 
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
@@ -63,8 +63,12 @@ def url(checkpoint_root, tmp_path_factory):
                 for key_id, key in KEYS.items()
             ],
         },
-        limits={"max_documents_per_request": 150, "max_body_bytes": MAX_BODY,
-                "max_query_chars": 2000, "max_top_n": 40},
+        limits={
+            "max_documents_per_request": 150,
+            "max_body_bytes": MAX_BODY,
+            "max_query_chars": 2000,
+            "max_top_n": 40,
+        },
         pricing={"default_usd_per_1k_documents": 0.008, "usd_per_1k_documents": {TINY: 0.004}},
         usage={"journal_path": str(journal)},
     )
@@ -104,10 +108,16 @@ def usage(url: str, key_id: str) -> dict:
 def test_keys_are_required_except_on_health_and_docs(url):
     body = {"query": QUERY, "documents": DOCS}
     assert_error(post(url, "/v1/rerank", body, key=None), 401, "unauthorized")
-    assert_error(post(url, "/v1/rerank", body, key=None,
-                      headers={"Authorization": "Bearer not-a-key"}), 401, "unauthorized")
-    assert_error(post(url, "/v1/rerank", body, key=None,
-                      headers={"Authorization": KEYS["main"]}), 401, "unauthorized")
+    assert_error(
+        post(url, "/v1/rerank", body, key=None, headers={"Authorization": "Bearer not-a-key"}),
+        401,
+        "unauthorized",
+    )
+    assert_error(
+        post(url, "/v1/rerank", body, key=None, headers={"Authorization": KEYS["main"]}),
+        401,
+        "unauthorized",
+    )
     assert_error(httpx.get(f"{url}/v1/models", timeout=10), 401, "unauthorized")
     assert_error(httpx.get(f"{url}/v1/usage", timeout=10), 401, "unauthorized")
     for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
@@ -117,8 +127,12 @@ def test_keys_are_required_except_on_health_and_docs(url):
 
 
 def test_every_response_carries_a_request_id_echoing_the_clients(url):
-    mine = post(url, "/v1/rerank", {"query": "q", "documents": ["a"]},
-                headers={"X-Request-ID": "client-chosen-id-42"})
+    mine = post(
+        url,
+        "/v1/rerank",
+        {"query": "q", "documents": ["a"]},
+        headers={"X-Request-ID": "client-chosen-id-42"},
+    )
     assert mine.status_code == 200 and mine.headers["x-request-id"] == "client-chosen-id-42"
     generated = {
         post(url, "/v1/rerank", {"query": "q", "documents": ["a"]}).headers["x-request-id"],
@@ -153,8 +167,13 @@ def test_cohere_v2_sdk_works_unchanged(url):
 
     # The v1 client (POST /v1/rerank), with object documents and returned documents.
     v1 = cohere.Client(api_key=KEYS["main"], base_url=url)
-    old = v1.rerank(model=TINY, query=QUERY, documents=[{"text": d} for d in DOCS],
-                    top_n=3, return_documents=True)
+    old = v1.rerank(
+        model=TINY,
+        query=QUERY,
+        documents=[{"text": d} for d in DOCS],
+        top_n=3,
+        return_documents=True,
+    )
     assert [r.index for r in old.results] == [r.index for r in response.results]
     assert [r.document.text for r in old.results] == [DOCS[r.index] for r in old.results]
 
@@ -168,12 +187,22 @@ def test_cohere_v2_sdk_works_unchanged(url):
 def test_cohere_v2_request_exactly_as_the_sdk_sends_it(url):
     # The body and headers cohere.ClientV2.rerank puts on the wire.
     r = post(
-        url, "/v2/rerank",
-        {"model": L2, "query": QUERY, "documents": DOCS * 30, "top_n": 2,
-         "max_tokens_per_doc": 4096},
+        url,
+        "/v2/rerank",
+        {
+            "model": L2,
+            "query": QUERY,
+            "documents": DOCS * 30,
+            "top_n": 2,
+            "max_tokens_per_doc": 4096,
+        },
         key=None,
-        headers={"Authorization": f"Bearer {KEYS['main']}", "X-Client-Name": "my-app",
-                 "X-Fern-Language": "Python", "X-Fern-SDK-Name": "cohere"},
+        headers={
+            "Authorization": f"Bearer {KEYS['main']}",
+            "X-Client-Name": "my-app",
+            "X-Fern-Language": "Python",
+            "X-Fern-SDK-Name": "cohere",
+        },
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -183,22 +212,42 @@ def test_cohere_v2_request_exactly_as_the_sdk_sends_it(url):
 
 def test_max_tokens_per_doc_cuts_documents_before_scoring(url):
     long_doc = "paris is the capital of france and has many museums"
-    cut = post(url, "/v1/rerank", {"model": L2, "query": QUERY, "documents": [long_doc],
-                                   "max_tokens_per_doc": 3, "raw_scores": True}).json()
-    by_hand = post(url, "/v1/rerank", {"model": L2, "query": QUERY,
-                                       "documents": ["paris is the"], "raw_scores": True}).json()
-    full = post(url, "/v1/rerank", {"model": L2, "query": QUERY, "documents": [long_doc],
-                                    "raw_scores": True}).json()
+    cut = post(
+        url,
+        "/v1/rerank",
+        {
+            "model": L2,
+            "query": QUERY,
+            "documents": [long_doc],
+            "max_tokens_per_doc": 3,
+            "raw_scores": True,
+        },
+    ).json()
+    by_hand = post(
+        url,
+        "/v1/rerank",
+        {"model": L2, "query": QUERY, "documents": ["paris is the"], "raw_scores": True},
+    ).json()
+    full = post(
+        url,
+        "/v1/rerank",
+        {"model": L2, "query": QUERY, "documents": [long_doc], "raw_scores": True},
+    ).json()
     assert cut["results"][0]["relevance_score"] == pytest.approx(
-        by_hand["results"][0]["relevance_score"], abs=1e-5)
+        by_hand["results"][0]["relevance_score"], abs=1e-5
+    )
     assert cut["results"][0]["relevance_score"] != pytest.approx(
-        full["results"][0]["relevance_score"], abs=1e-5)
+        full["results"][0]["relevance_score"], abs=1e-5
+    )
     assert cut["results"][0]["document"]["text"] == long_doc  # returned as sent
 
 
 def test_jina_request_exactly_as_its_clients_send_it(url):
-    r = post(url, "/v1/rerank", {"model": TINY, "query": QUERY, "documents": DOCS,
-                                 "top_n": 3, "return_documents": True})
+    r = post(
+        url,
+        "/v1/rerank",
+        {"model": TINY, "query": QUERY, "documents": DOCS, "top_n": 3, "return_documents": True},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == TINY and body["usage"]["total_tokens"] > len(DOCS)
@@ -209,8 +258,13 @@ def test_jina_request_exactly_as_its_clients_send_it(url):
 
 
 def test_tei_rerank_answers_a_bare_array(url):
-    body = {"query": QUERY, "texts": DOCS, "raw_scores": False, "return_text": True,
-            "truncate": True}
+    body = {
+        "query": QUERY,
+        "texts": DOCS,
+        "raw_scores": False,
+        "return_text": True,
+        "truncate": True,
+    }
     r = post(url, "/rerank", body)
     assert r.status_code == 200, r.text
     results = r.json()
@@ -220,30 +274,47 @@ def test_tei_rerank_answers_a_bare_array(url):
     assert all(x["text"] == DOCS[x["index"]] and 0 <= x["score"] <= 1 for x in results)
     raw = post(url, "/rerank", {"query": QUERY, "texts": DOCS, "raw_scores": True}).json()
     assert all(set(x) == {"index", "score"} for x in raw)
-    ours = post(url, "/v1/rerank", {"query": QUERY, "documents": DOCS,
-                                    "raw_scores": True}).json()
+    ours = post(url, "/v1/rerank", {"query": QUERY, "documents": DOCS, "raw_scores": True}).json()
     assert [x["index"] for x in raw] == [x["index"] for x in ours["results"]]
     assert [x["score"] for x in raw] == pytest.approx(
-        [x["relevance_score"] for x in ours["results"]], abs=1e-5)
-    assert_error(post(url, "/rerank", {"query": QUERY, "texts": []}), 422, "invalid_request",
-                 "texts")
-    assert_error(post(url, "/rerank", {"query": QUERY, "texts": ["a"],
-                                       "truncation_direction": "Left"}),
-                 422, "invalid_request", "truncation_direction")
+        [x["relevance_score"] for x in ours["results"]], abs=1e-5
+    )
+    assert_error(
+        post(url, "/rerank", {"query": QUERY, "texts": []}), 422, "invalid_request", "texts"
+    )
+    assert_error(
+        post(url, "/rerank", {"query": QUERY, "texts": ["a"], "truncation_direction": "Left"}),
+        422,
+        "invalid_request",
+        "truncation_direction",
+    )
 
 
 # -- limits ------------------------------------------------------------------------------
 
 
 def test_limits_are_enforced_with_clear_errors(url):
-    assert_error(post(url, "/v1/rerank", {"query": "q", "documents": ["d"] * 151}),
-                 422, "invalid_request", "documents")
-    assert_error(post(url, "/rerank", {"query": "q", "texts": ["d"] * 151}),
-                 422, "invalid_request", "texts")
-    assert_error(post(url, "/v1/rerank", {"query": "q" * 2001, "documents": ["d"]}),
-                 422, "invalid_request", "query")
-    assert_error(post(url, "/v1/rerank", {"query": "q", "documents": ["d"], "top_n": 41}),
-                 422, "invalid_request", "top_n")
+    assert_error(
+        post(url, "/v1/rerank", {"query": "q", "documents": ["d"] * 151}),
+        422,
+        "invalid_request",
+        "documents",
+    )
+    assert_error(
+        post(url, "/rerank", {"query": "q", "texts": ["d"] * 151}), 422, "invalid_request", "texts"
+    )
+    assert_error(
+        post(url, "/v1/rerank", {"query": "q" * 2001, "documents": ["d"]}),
+        422,
+        "invalid_request",
+        "query",
+    )
+    assert_error(
+        post(url, "/v1/rerank", {"query": "q", "documents": ["d"], "top_n": 41}),
+        422,
+        "invalid_request",
+        "top_n",
+    )
     big = {"query": "q", "documents": ["x" * 1000] * 70}
     assert_error(post(url, "/v1/rerank", big), 413, "request_too_large")
 
@@ -253,14 +324,24 @@ def test_limits_are_enforced_with_clear_errors(url):
             yield b'"' + b"x" * 1000 + b'",'
         yield b'"x"]}'
 
-    assert_error(post(url, "/v1/rerank", chunked(),
-                      headers={"content-type": "application/json"}), 413, "request_too_large")
+    assert_error(
+        post(url, "/v1/rerank", chunked(), headers={"content-type": "application/json"}),
+        413,
+        "request_too_large",
+    )
     # Client input that no tokenizer can take is a 422, not a failed model replica.
-    assert_error(post(url, "/v1/rerank", '{"query": "q", "documents": ["ok", "a\\ud800"]}',
-                      headers={"content-type": "application/json"}),
-                 422, "invalid_request", "documents.1")
-    huge = post(url, "/v2/rerank", {"query": "q", "documents": ["d"],
-                                    "max_tokens_per_doc": 10**30})
+    assert_error(
+        post(
+            url,
+            "/v1/rerank",
+            '{"query": "q", "documents": ["ok", "a\\ud800"]}',
+            headers={"content-type": "application/json"},
+        ),
+        422,
+        "invalid_request",
+        "documents.1",
+    )
+    huge = post(url, "/v2/rerank", {"query": "q", "documents": ["d"], "max_tokens_per_doc": 10**30})
     assert huge.status_code == 200, huge.text
     # top_n beyond the documents returns them all; empty strings are scored.
     ok = post(url, "/v1/rerank", {"query": "q", "documents": ["", "d"], "top_n": 40})
@@ -283,8 +364,10 @@ def test_request_rate_quota_answers_429_with_retry_after(url):
 
 
 def test_document_quota_answers_429_and_refusals_cost_nothing(url):
-    assert post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 3},
-                key="small").status_code == 200
+    assert (
+        post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 3}, key="small").status_code
+        == 200
+    )
     r = post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 3}, key="small")
     assert_error(r, 429, "rate_limited")
     assert 1 <= int(r.headers["retry-after"]) <= 60
@@ -292,8 +375,10 @@ def test_document_quota_answers_429_and_refusals_cost_nothing(url):
     too_many = post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 6}, key="small")
     assert "retry-after" not in too_many.headers
     assert "never" in assert_error(too_many, 422, "invalid_request", "documents")["message"]
-    assert post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 2},
-                key="small").status_code == 200
+    assert (
+        post(url, "/v1/rerank", {"query": "q", "documents": ["a"] * 2}, key="small").status_code
+        == 200
+    )
     assert usage(url, "small")["documents"] == 5
 
 
@@ -304,7 +389,8 @@ def _ingress_replicas() -> list[str]:
     import ray
 
     return sorted(
-        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
         if "RerankIngress" in a["name"]
     )
 
@@ -338,8 +424,12 @@ def _send_batch(url: str, n: int, seed: int) -> tuple[int, int, dict[str, int]]:
 
 
 def test_a_cascade_is_billed_each_stage_at_its_models_price(url):
-    body = {"model": "cascade", "cascade": {"first": TINY, "second": L2, "keep": 2},
-            "query": QUERY, "documents": DOCS}
+    body = {
+        "model": "cascade",
+        "cascade": {"first": TINY, "second": L2, "keep": 2},
+        "query": QUERY,
+        "documents": DOCS,
+    }
     r = post(url, "/v1/rerank", body, key="cascade")
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["documents"] == len(DOCS) + 2
@@ -363,8 +453,11 @@ def test_usage_is_exact_across_ingress_replicas_and_a_replica_kill(url):
 
     victim = _ingress_replicas()[0]
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-    wait_until(lambda: victim not in _ingress_replicas() and _running("RerankIngress", 2),
-               120, "a replacement ingress replica")
+    wait_until(
+        lambda: victim not in _ingress_replicas() and _running("RerankIngress", 2),
+        120,
+        "a replacement ingress replica",
+    )
     more_requests, more_documents, _ = _send_batch(url, 20, seed=2)
     totals = usage(url, "billing")
     assert totals["requests"] == requests + more_requests
@@ -376,17 +469,25 @@ def test_usage_survives_a_ledger_restart_through_its_journal(url):
 
     before = usage(url, "billing")
     (ledger,) = [
-        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
         if "UsageLedger" in a["name"]
     ]
     ray.kill(ray.get_actor(ledger, namespace="serve"), no_restart=True)
-    wait_until(lambda: _running("UsageLedger", 1) and usage(url, "billing") == before,
-               120, "the ledger to restart and replay its journal")
-    assert post(url, "/v1/rerank", {"query": "q", "documents": ["a", "b"]},
-                key="billing").status_code == 200
+    wait_until(
+        lambda: _running("UsageLedger", 1) and usage(url, "billing") == before,
+        120,
+        "the ledger to restart and replay its journal",
+    )
+    assert (
+        post(url, "/v1/rerank", {"query": "q", "documents": ["a", "b"]}, key="billing").status_code
+        == 200
+    )
     after = usage(url, "billing")
     assert (after["requests"], after["documents"]) == (
-        before["requests"] + 1, before["documents"] + 2)
+        before["requests"] + 1,
+        before["documents"] + 2,
+    )
 
 
 # -- metrics -----------------------------------------------------------------------------
@@ -413,39 +514,57 @@ def test_ray_metrics_give_service_totals_across_ingress_replicas(url):
     before = _total(base, "ray_rerank_documents_total", model=TINY)
     before_ok = _total(base, "ray_rerank_requests_total", model=TINY, status="200")
     before_401 = _total(base, "ray_rerank_requests_total", status="401")
-    bodies = [{"model": TINY, "query": f"q{i}", "documents": ["a"] * (1 + i % 4)}
-              for i in range(12)]
+    before_unauthorized = _total(base, "ray_rerank_request_failures_total", type="unauthorized")
+    bodies = [
+        {"model": TINY, "query": f"q{i}", "documents": ["a"] * (1 + i % 4)} for i in range(12)
+    ]
     with ThreadPoolExecutor(max_workers=6) as pool:
-        assert all(r.status_code == 200 for r in pool.map(
-            lambda b: post(url, "/v1/rerank", b), bodies))
+        assert all(
+            r.status_code == 200 for r in pool.map(lambda b: post(url, "/v1/rerank", b), bodies)
+        )
     sent = sum(len(b["documents"]) for b in bodies)
     assert post(url, "/v1/rerank", bodies[0], key=None).status_code == 401
 
     def settled() -> bool:
         s = _scrape()
-        return (_total(s, "ray_rerank_documents_total", model=TINY) == before + sent
-                and _total(s, "ray_rerank_requests_total", model=TINY, status="200")
-                == before_ok + len(bodies)
-                and _total(s, "ray_rerank_requests_total", status="401") == before_401 + 1)
+        return (
+            _total(s, "ray_rerank_documents_total", model=TINY) == before + sent
+            and _total(s, "ray_rerank_requests_total", model=TINY, status="200")
+            == before_ok + len(bodies)
+            and _total(s, "ray_rerank_requests_total", status="401") == before_401 + 1
+            and _total(s, "ray_rerank_request_failures_total", type="unauthorized")
+            == before_unauthorized + 1
+        )
 
     wait_until(settled, 60, "Ray's metrics agent to export the counts")
     samples = _scrape()
     names = {n for n, _ in samples}
-    assert {"ray_rerank_request_duration_seconds_bucket", "ray_rerank_tokens_total",
-            "ray_rerank_model_call_duration_seconds_bucket",
-            "ray_rerank_request_documents_bucket",
-            # Serve's own, documented in docs/api.md: queueing, batch sizes, replicas.
-            "ray_serve_deployment_request_counter_total",
-            "ray_serve_deployment_processing_latency_ms_bucket",
-            "ray_serve_batch_wait_time_ms_bucket", "ray_serve_batch_execution_time_ms_bucket",
-            "ray_serve_actual_batch_size_bucket", "ray_serve_deployment_replica_healthy",
-            } <= names, sorted(n for n in names if "serve" in n or "rerank" in n)
-    healthy = {dict(ls).get("deployment"): v for (n, ls), v in samples.items()
-               if n == "ray_serve_deployment_replica_healthy"}
+    assert {
+        "ray_rerank_request_duration_seconds_bucket",
+        "ray_rerank_tokens_total",
+        # Phases, one family: ingress tokenization and model calls; the replica's
+        # queue wait and forward pass.
+        "ray_rerank_tokenization_duration_seconds_bucket",
+        "ray_rerank_model_call_duration_seconds_bucket",
+        "ray_rerank_queue_duration_seconds_bucket",
+        "ray_rerank_inference_duration_seconds_bucket",
+        "ray_rerank_request_documents_bucket",
+        # Serve's own, documented in docs/api.md: queueing, batch sizes, replicas.
+        "ray_serve_deployment_request_counter_total",
+        "ray_serve_deployment_processing_latency_ms_bucket",
+        "ray_serve_batch_wait_time_ms_bucket",
+        "ray_serve_batch_execution_time_ms_bucket",
+        "ray_serve_actual_batch_size_bucket",
+        "ray_serve_deployment_replica_healthy",
+    } <= names, sorted(n for n in names if "serve" in n or "rerank" in n)
+    healthy = {
+        dict(ls).get("deployment"): v
+        for (n, ls), v in samples.items()
+        if n == "ray_serve_deployment_replica_healthy"
+    }
     assert healthy.get("RerankIngress") is not None
     # Series come from more than one ingress replica: summing them is what gives totals.
-    replicas = {dict(ls).get("replica") for (n, ls) in samples
-                if n == "ray_rerank_requests_total"}
+    replicas = {dict(ls).get("replica") for (n, ls) in samples if n == "ray_rerank_requests_total"}
     assert len(replicas - {None}) >= 2
 
 
@@ -454,13 +573,28 @@ def test_ray_metrics_give_service_totals_across_ingress_replicas(url):
 
 def test_openapi_describes_every_endpoint_field_and_the_bearer_scheme(url):
     spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
-    assert {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/usage", "/v1/models", "/healthz",
-            "/readyz"} <= set(spec["paths"])
+    assert {
+        "/v1/rerank",
+        "/v2/rerank",
+        "/rerank",
+        "/v1/usage",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+    } <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
-    assert {"model", "query", "documents", "top_n", "return_documents", "raw_scores",
-            "max_tokens_per_doc"} <= set(schemas["RerankRequest"]["properties"])
+    assert {
+        "model",
+        "query",
+        "documents",
+        "top_n",
+        "return_documents",
+        "raw_scores",
+        "max_tokens_per_doc",
+    } <= set(schemas["RerankRequest"]["properties"])
     assert {"query", "texts", "raw_scores", "return_text", "truncate"} <= set(
-        schemas["TEIRerankRequest"]["properties"])
+        schemas["TEIRerankRequest"]["properties"]
+    )
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for status in ("401", "413", "422", "429", "503", "504"):
         assert status in spec["paths"]["/v1/rerank"]["post"]["responses"]
@@ -477,8 +611,13 @@ def test_fuzzing_the_openapi_finds_no_server_error(url):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def no_server_error(case) -> None:
             response = case.call(headers=bearer("fuzz"), timeout=60)
             statuses.append(response.status_code)
@@ -501,8 +640,12 @@ def test_access_logs_are_json_lines_without_keys_or_text(url):
 
     secret_query = "confidential-query-text-7f3a"
     secret_doc = "confidential-document-text-9c2e"
-    r = post(url, "/v1/rerank", {"query": secret_query, "documents": [secret_doc]},
-             headers={"X-Request-ID": "access-log-probe-1", "X-Client-Name": "probe"})
+    r = post(
+        url,
+        "/v1/rerank",
+        {"query": secret_query, "documents": [secret_doc]},
+        headers={"X-Request-ID": "access-log-probe-1", "X-Client-Name": "probe"},
+    )
     assert r.status_code == 200
     logs = os.path.join(ray._private.worker.global_worker.node.get_logs_dir_path(), "serve")
 
@@ -511,7 +654,7 @@ def test_access_logs_are_json_lines_without_keys_or_text(url):
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     if '"request_id":"access-log-probe-1"' in line:
-                        return json.loads(line[line.index('{"event"'):])
+                        return json.loads(line[line.index('{"event"') :])
         return None
 
     wait_until(lambda: probe_line() is not None, 30, "the access log line")

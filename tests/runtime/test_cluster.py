@@ -106,9 +106,7 @@ def cluster(checkpoint_root) -> Iterator[Cluster]:
         gpu_node = local.add_node("gpu-1", num_cpus=4, num_gpus=1)
         local.wait_for_nodes(2)
         port = free_port()
-        serve.start(
-            proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port}
-        )
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         app = build_app(app_config(checkpoint_root))
         serve.run(app, name=APP, route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
@@ -208,7 +206,7 @@ class Load:
         self.pool = ThreadPoolExecutor(workers)
         self.futures = []
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self.futures = [self.pool.submit(self._run) for _ in range(self.workers)]
         return self
 
@@ -282,9 +280,11 @@ def test_killing_a_replica_under_load_loses_no_request_and_serve_replaces_it(clu
         killed_at = time.monotonic()
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         wait_until(
-            lambda: victim not in {a["name"] for a in replica_actors(short)}
-            and len(replica_actors(short)) == 2
-            and running_replicas(short) == 2,
+            lambda: (
+                victim not in {a["name"] for a in replica_actors(short)}
+                and len(replica_actors(short)) == 2
+                and running_replicas(short) == 2
+            ),
             240,
             "a replacement replica",
         )
@@ -346,8 +346,10 @@ def test_gpu_node_loss_gives_quick_503s_and_a_new_node_restores_service(cluster)
         # A replacement node (what the autoscaler would launch): no redeploy, no restart.
         cluster.gpu_node = cluster.local.add_node("gpu-2", num_cpus=4, num_gpus=1)
         wait_until(
-            lambda: rerank_once(client, cluster, KILLED, probe) == 200
-            and rerank_once(client, cluster, BOUNDED, probe) == 200,
+            lambda: (
+                rerank_once(client, cluster, KILLED, probe) == 200
+                and rerank_once(client, cluster, BOUNDED, probe) == 200
+            ),
             300,
             "service on the new GPU node",
         )

@@ -1,4 +1,5 @@
-"""The ingress's model-call policy and the placement/queue config, without Ray running."""
+"""The model client's call policy (retry, deadlines, failover, shedding) and the
+placement/queue config, without Ray running."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from ray.serve.exceptions import BackPressureError
 
 from serve_app.config import AppConfig, ModelCallSettings
-from serve_app.errors import APIError
-from serve_app.resilience import FailureKind, ModelCaller, classify_serve_error
+from serve_app.errors import ModelTimeout, ModelUnavailable, Overloaded
+from serve_app.runtime.model_client import FailureKind, ModelCaller, classify_serve_error
 
 MODEL = "cross-encoder/ms-marco-TinyBERT-L2-v2"
 FAST = ModelCallSettings(timeout_s=0.5, failover_timeout_s=0.05, retry_after_s=2)
@@ -25,7 +26,7 @@ class Script:
         self.calls = 0
         self.cancelled = 0
 
-    def __call__(self) -> "ScriptedResponse":
+    def __call__(self) -> ScriptedResponse:
         outcome = self.outcomes[min(self.calls, len(self.outcomes) - 1)]
         self.calls += 1
         return ScriptedResponse(self, outcome)
@@ -74,10 +75,9 @@ def test_a_lost_replica_is_retried_once_and_the_retry_answer_is_returned():
 def test_a_second_lost_replica_is_a_503_with_retry_after_and_marks_the_model():
     caller = ModelCaller(FAST)
     script = Script(ActorDiedError(), ActorUnavailableError("gone", None), "late")
-    with pytest.raises(APIError) as err:
+    with pytest.raises(ModelUnavailable) as err:
         call(caller, script)
-    assert err.value.status == 503 and err.value.type == "model_unavailable"
-    assert err.value.headers == {"Retry-After": "2"}
+    assert err.value.retry_after_s == 2
     assert script.calls == 2
     assert MODEL in caller.unavailable
     # The next success clears the mark.
@@ -87,26 +87,24 @@ def test_a_second_lost_replica_is_a_503_with_retry_after_and_marks_the_model():
 
 def test_retry_that_finds_no_replica_fails_fast_with_503_and_cancels_it():
     script = Script(ActorDiedError(), "hang")
-    with pytest.raises(APIError) as err:
+    with pytest.raises(ModelUnavailable) as err:
         call(ModelCaller(FAST), script)
-    assert err.value.status == 503 and "Retry-After" in err.value.headers
+    assert err.value.retry_after_s is not None
     assert script.cancelled == 1
 
 
 def test_a_slow_healthy_model_is_a_504_not_retried():
     script = Script("hang")
-    with pytest.raises(APIError) as err:
+    with pytest.raises(ModelTimeout):
         call(ModelCaller(FAST), script)
-    assert err.value.status == 504 and err.value.type == "model_timeout"
     assert script.calls == 1 and script.cancelled == 1
 
 
 def test_while_a_model_has_no_replica_calls_use_the_failover_deadline():
     caller = ModelCaller(ModelCallSettings(timeout_s=3600, failover_timeout_s=0.05))
     caller.unavailable.add(MODEL)
-    with pytest.raises(APIError) as err:
+    with pytest.raises(ModelUnavailable):
         call(caller, Script("hang"))  # would hang for an hour under timeout_s
-    assert err.value.status == 503
 
 
 def test_calls_already_waiting_fail_over_once_the_model_has_no_replica():
@@ -121,8 +119,8 @@ def test_calls_already_waiting_fail_over_once_the_model_has_no_replica():
         return await asyncio.gather(lost, *waiting, return_exceptions=True)
 
     outcomes = asyncio.run(scenario())
-    assert all(isinstance(o, APIError) and o.status == 503 for o in outcomes), outcomes
-    assert all(o.headers == {"Retry-After": "1"} for o in outcomes)
+    assert all(isinstance(o, ModelUnavailable) for o in outcomes), outcomes
+    assert all(o.retry_after_s == 1 for o in outcomes)
     assert caller._waiting == {} or all(not w for w in caller._waiting.values())
 
 
@@ -138,18 +136,18 @@ def test_calls_waiting_for_a_replica_fail_over_when_serve_reports_none_running()
         return await asyncio.gather(*waiting, return_exceptions=True)
 
     outcomes = asyncio.run(scenario())
-    assert all(isinstance(o, APIError) and o.status == 503 for o in outcomes), outcomes
+    assert all(isinstance(o, ModelUnavailable) for o in outcomes), outcomes
     assert call(caller, Script("scores")) == "scores"  # a replica is back: served again
     assert MODEL not in caller.unavailable
 
 
 def test_backpressure_is_shed_at_once_with_the_deployments_status_and_retry_after():
-    for status, retry_after_s, header in [(503, 3.2, "4"), (429, None, "2")]:
+    for status, retry_after_s, waited in [(503, 3.2, 3.2), (429, None, 2)]:
         script = Script(BackPressureError(8, 8, status, retry_after_s))
-        with pytest.raises(APIError) as err:
+        with pytest.raises(Overloaded) as err:
             call(ModelCaller(FAST), script)
-        assert err.value.status == status and err.value.type == "overloaded"
-        assert err.value.headers == {"Retry-After": header}
+        assert err.value.throttle is (status == 429)
+        assert err.value.retry_after_s == waited
         assert script.calls == 1
 
 
@@ -161,9 +159,9 @@ def test_a_timeout_inside_the_call_is_a_lost_replica_not_our_deadline():
 
 def test_other_failures_are_503_without_retry():
     script = Script(ValueError("bug"), "scores")
-    with pytest.raises(APIError) as err:
+    with pytest.raises(ModelUnavailable):
         call(ModelCaller(FAST), script)
-    assert err.value.status == 503 and script.calls == 1
+    assert script.calls == 1
 
 
 def test_placement_and_queue_settings_flow_into_deployment_options():

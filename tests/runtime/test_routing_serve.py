@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve_app.tokenization import PairEncoder
+from serve_app.model.tokenization import PairEncoder
 from tests.conftest import app_args, checkpoint_path, start_serve_app, wait_until
 
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
@@ -18,8 +18,9 @@ L2 = "cross-encoder/ms-marco-MiniLM-L2-v2"
 L12 = "cross-encoder/ms-marco-MiniLM-L12-v2"
 BURST = 16
 QUERY = "which model should rerank these passages"
-DOCS = [f"passage {i} about reranking with cross encoders and budgets " * (3 + i % 4)
-        for i in range(12)]
+DOCS = [
+    f"passage {i} about reranking with cross encoders and budgets " * (3 + i % 4) for i in range(12)
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def test_tight_budget_burst_shifts_the_mix_to_smaller_models(url):
         assert rerank(url, {"model": model, "query": QUERY, "documents": DOCS}).status_code == 200
     wait_until(
         lambda: all(m["seconds_per_token"] for m in routing_state(url)["models"].values()),
-        60, "stats from every model",
+        60,
+        "stats from every model",
     )
     body = {"model": "auto", "query": QUERY, "documents": DOCS}
 
@@ -103,8 +105,16 @@ def test_cascade_through_http_orders_and_bills_both_stages(url, checkpoint_root)
     kept = first_order[:3]
     expected = sorted(kept, key=lambda i: (-l12_logit[i], i)) + first_order[3:]
 
-    r = rerank(url, {"model": "cascade", "cascade": {"keep": 3}, "query": QUERY,
-                     "documents": docs, "raw_scores": True})
+    r = rerank(
+        url,
+        {
+            "model": "cascade",
+            "cascade": {"keep": 3},
+            "query": QUERY,
+            "documents": docs,
+            "raw_scores": True,
+        },
+    )
     assert r.status_code == 200, r.text
     got = r.json()
     assert [x["index"] for x in got["results"]] == expected
@@ -131,8 +141,12 @@ def test_cascade_through_http_orders_and_bills_both_stages(url, checkpoint_root)
         ({"model": "auto", "max_latency_ms": -1}, 422, "invalid_request", "max_latency_ms"),
         ({"model": "auto", "min_mrr": "high"}, 422, "invalid_request", "min_mrr"),
         ({"model": "cascade", "cascade": {"keep": 0}}, 422, "invalid_request", "cascade.keep"),
-        ({"model": "cascade", "cascade": {"second": "ms-marco-MiniLM-L6-v2"}}, 404,
-         "model_not_found", "cascade.second"),
+        (
+            {"model": "cascade", "cascade": {"second": "ms-marco-MiniLM-L6-v2"}},
+            404,
+            "model_not_found",
+            "cascade.second",
+        ),
         ({"model": L2, "cascade": {"keep": 2}}, 422, "invalid_request", "cascade"),
     ],
 )

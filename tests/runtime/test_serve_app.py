@@ -58,7 +58,9 @@ def test_every_model_matches_sentence_transformers_through_http(url, checkpoint_
         [(QUERY, t) for t in TEXTS], activation_fn=torch.nn.Identity()
     )
     np.testing.assert_allclose([served[i] for i in range(len(TEXTS))], reference, atol=1e-4)
-    assert [res["index"] for res in body["results"]] == np.argsort(-reference, kind="stable").tolist()
+    assert [res["index"] for res in body["results"]] == np.argsort(
+        -reference, kind="stable"
+    ).tolist()
     assert [res["document"]["text"] for res in body["results"]] == [
         TEXTS[res["index"]] for res in body["results"]
     ]
@@ -77,8 +79,13 @@ def test_alias_top_n_and_return_documents(url):
     full = rerank(url, {"model": ALL_MODELS[4], "query": QUERY, "documents": DOCS}).json()
     cut = rerank(
         url,
-        {"model": "cross-encoder/ms-marco-MiniLM-L-12-v2", "query": QUERY, "documents": DOCS,
-         "top_n": 2, "return_documents": False},
+        {
+            "model": "cross-encoder/ms-marco-MiniLM-L-12-v2",
+            "query": QUERY,
+            "documents": DOCS,
+            "top_n": 2,
+            "return_documents": False,
+        },
     ).json()
     assert cut["model"] == ALL_MODELS[4]
     assert [r["index"] for r in cut["results"]] == [r["index"] for r in full["results"][:2]]
@@ -92,22 +99,32 @@ def test_model_omitted_uses_the_configured_default(url):
 
 
 def test_bad_inputs_get_json_4xx_and_the_service_keeps_serving(url):
-    assert_error(rerank(url, {"model": "nope", "query": "q", "documents": ["a"]}),
-                 404, "model_not_found", "model")
+    assert_error(
+        rerank(url, {"model": "nope", "query": "q", "documents": ["a"]}),
+        404,
+        "model_not_found",
+        "model",
+    )
     assert ALL_MODELS[0] in rerank(url, {"model": "x", "query": "q", "documents": ["a"]}).text
     assert_error(rerank(url, {"query": "q", "documents": []}), 422, "invalid_request", "documents")
     assert_error(rerank(url, {"query": "q"}), 422, "invalid_request", "documents")
     assert_error(rerank(url, {"documents": ["a"]}), 422, "invalid_request", "query")
-    assert_error(rerank(url, {"query": "q", "documents": ["a", 1]}), 422, "invalid_request",
-                 "documents.1")
-    assert_error(rerank(url, {"query": "q", "documents": ["a"], "top_n": -3}), 422,
-                 "invalid_request", "top_n")
-    assert_error(rerank(url, {"query": ["q"], "documents": ["a"]}), 422, "invalid_request",
-                 "query")
-    assert_error(rerank(url, "{not json", headers={"content-type": "application/json"}),
-                 400, "invalid_json")
-    assert_error(rerank(url, "[1, 2]", headers={"content-type": "application/json"}),
-                 400, "invalid_json")
+    assert_error(
+        rerank(url, {"query": "q", "documents": ["a", 1]}), 422, "invalid_request", "documents.1"
+    )
+    assert_error(
+        rerank(url, {"query": "q", "documents": ["a"], "top_n": -3}),
+        422,
+        "invalid_request",
+        "top_n",
+    )
+    assert_error(rerank(url, {"query": ["q"], "documents": ["a"]}), 422, "invalid_request", "query")
+    assert_error(
+        rerank(url, "{not json", headers={"content-type": "application/json"}), 400, "invalid_json"
+    )
+    assert_error(
+        rerank(url, "[1, 2]", headers={"content-type": "application/json"}), 400, "invalid_json"
+    )
     assert_error(rerank(url, "plain text"), 400, "invalid_json")
     assert_error(httpx.post(f"{url}/v1/rerank", timeout=10), 422, "invalid_request")
     assert_error(httpx.get(f"{url}/v1/rerank", timeout=10), 405, "method_not_allowed")
@@ -145,8 +162,12 @@ def test_openapi_describes_the_rerank_endpoint(url):
 
 def test_50_concurrent_requests_return_exactly_the_single_request_answers(url):
     requests = [
-        {"model": ALL_MODELS[i % 5], "query": f"{QUERY} {i % 7}",
-         "documents": TEXTS[: 2 + i % 5], "raw_scores": True}
+        {
+            "model": ALL_MODELS[i % 5],
+            "query": f"{QUERY} {i % 7}",
+            "documents": TEXTS[: 2 + i % 5],
+            "raw_scores": True,
+        }
         for i in range(50)
     ]
     singles = [rerank(url, body).json() for body in requests]

@@ -26,7 +26,8 @@ def test_replica_states_are_counted_per_deployment_of_the_named_app_only():
                 "deployments": {
                     "ms-marco-MiniLM-L6-v2": {
                         "replicas": [
-                            {"state": State.RUNNING}, {"state": State.STARTING},
+                            {"state": State.RUNNING},
+                            {"state": State.STARTING},
                             {"state": "RUNNING"},
                         ]
                     },

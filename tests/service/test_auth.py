@@ -24,7 +24,6 @@ def auth_config(**kw) -> AuthConfig:
     )
 
 
-
 def test_hash_is_hex_sha256_and_config_never_needs_the_key():
     assert hash_key(KEY) == hashlib.sha256(KEY.encode()).hexdigest()
     entry = auth_config().keys[0]
@@ -55,9 +54,10 @@ def test_disabled_auth_makes_everyone_anonymous():
 def test_keys_come_from_an_environment_variable_in_two_forms():
     digest = hash_key("k2")
     assert [k.id for k in keys_from_env("K", {"K": f"bob:{digest}, carol:{hash_key('k3')}"})] == [
-        "bob", "carol"]
-    entries = json.dumps([{"id": "dan", "sha256": digest,
-                           "quota": {"documents_per_minute": 10}}])
+        "bob",
+        "carol",
+    ]
+    entries = json.dumps([{"id": "dan", "sha256": digest, "quota": {"documents_per_minute": 10}}])
     (dan,) = keys_from_env("K", {"K": entries})
     assert dan.quota.documents_per_minute == 10
     auth = Authenticator(AuthConfig(keys_env="K"), environ={"K": f"bob:{digest}"})
@@ -97,4 +97,3 @@ def test_production_configs_require_keys_and_the_demo_does_not():
         config = args(name)
         assert config.auth.enabled and config.auth.keys_env == "RERANK_API_KEYS"
         assert config.usage.journal_path
-

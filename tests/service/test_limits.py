@@ -22,8 +22,11 @@ def call(texts, query="q", top_n=None) -> RerankRequest:
 def test_limits_name_the_field():
     limits = LimitsConfig(max_documents_per_request=3, max_query_chars=5, max_top_n=2)
     check_limits(limits, call(["a", "b", ""]))
-    for bad, param in [(call(["a"] * 4), "documents"), (call(["a"], query="x" * 6), "query"),
-                       (call(["a"], top_n=3), "top_n")]:
+    for bad, param in [
+        (call(["a"] * 4), "documents"),
+        (call(["a"], query="x" * 6), "query"),
+        (call(["a"], top_n=3), "top_n"),
+    ]:
         with pytest.raises(InvalidRequest) as e:
             check_limits(limits, bad)
         assert e.value.param == param
@@ -33,8 +36,10 @@ def test_limits_name_the_field():
 def test_unpaired_surrogates_are_rejected_not_sent_to_a_tokenizer():
     limits = LimitsConfig()
     check_limits(limits, call(["naïve café 😀", ""], query="émile"))
-    for bad, param in [(call(["ok", "a \ud800 b"]), "documents.1"),
-                       (call(["ok"], query="\udfff"), "query")]:
+    for bad, param in [
+        (call(["ok", "a \ud800 b"]), "documents.1"),
+        (call(["ok"], query="\udfff"), "query"),
+    ]:
         with pytest.raises(InvalidRequest) as e:
             check_limits(limits, bad)
         assert e.value.param == param

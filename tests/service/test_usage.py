@@ -4,6 +4,7 @@ batcher. No Ray."""
 from __future__ import annotations
 
 import asyncio
+import json
 from decimal import Decimal
 
 import pytest
@@ -63,8 +64,9 @@ def test_no_quota_admits_everything():
 # -- usage -------------------------------------------------------------------------------
 
 
-def record(request_id: str, documents: int, model: str = L6, price: float = 0.008,
-           key_id: str = "alice") -> UsageRecord:
+def record(
+    request_id: str, documents: int, model: str = L6, price: float = 0.008, key_id: str = "alice"
+) -> UsageRecord:
     return UsageRecord(request_id, key_id, model, documents, documents * 10, ((documents, price),))
 
 
@@ -77,8 +79,12 @@ def test_usage_counts_each_request_once_per_key_and_model_with_exact_cost():
     totals = book.totals("alice")
     assert (totals["requests"], totals["documents"], totals["tokens"]) == (2, 1003, 10030)
     assert Decimal(str(totals["cost_usd"])) == Decimal("0.008") + Decimal("0.000012")
-    assert totals["models"][TINY] == {"requests": 1, "documents": 3, "tokens": 30,
-                                      "cost_usd": 0.000012}
+    assert totals["models"][TINY] == {
+        "requests": 1,
+        "documents": 3,
+        "tokens": 30,
+        "cost_usd": 0.000012,
+    }
     assert book.totals("nobody")["documents"] == 0
 
 
@@ -101,9 +107,19 @@ def test_a_cascade_is_charged_each_stage_at_its_models_price():
 
 def test_journal_lines_written_with_one_price_per_request_still_replay(tmp_path):
     path = tmp_path / "usage.jsonl"
-    path.write_text(json.dumps({"request_id": "old", "key_id": "alice", "model": L6,
-                                "documents": 500, "tokens": 5000,
-                                "usd_per_1k_documents": 0.008}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "request_id": "old",
+                "key_id": "alice",
+                "model": L6,
+                "documents": 500,
+                "tokens": 5000,
+                "usd_per_1k_documents": 0.008,
+            }
+        )
+        + "\n"
+    )
     book = UsageBook()
     assert UsageJournal(path).replay_into(book) == 1
     assert book.totals("alice")["cost_usd"] == 0.004
@@ -140,7 +156,10 @@ async def test_ledger_counts_each_id_once_within_and_across_calls_and_replays(tm
     config = UsageConfig(journal_path=str(tmp_path / "usage.jsonl"))
     ledger = LocalLedger(config)
     assert await ledger.record([record("a", 2), record("b", 3), record("a", 2)]) == [
-        True, True, False]
+        True,
+        True,
+        False,
+    ]
     assert await ledger.record([record("b", 3), record("c", 1)]) == [False, True]
     assert (await ledger.usage("alice"))["documents"] == 6
     restarted = LocalLedger(config)  # a new replica replays the journal
@@ -163,8 +182,7 @@ async def test_record_batcher_coalesces_concurrent_records_and_shares_failures()
     batcher = RecordBatcher(send)
     first = asyncio.create_task(batcher.record(record("r0", 1)))
     await asyncio.sleep(0)
-    rest = [asyncio.create_task(batcher.record(record(rid, 1)))
-            for rid in ("r1", "dup2", "r3")]
+    rest = [asyncio.create_task(batcher.record(record(rid, 1))) for rid in ("r1", "dup2", "r3")]
     await asyncio.sleep(0)
     release.set()
     assert await first is True
@@ -176,4 +194,3 @@ async def test_record_batcher_coalesces_concurrent_records_and_shares_failures()
         with pytest.raises(LedgerUnavailable):
             await task
     assert await batcher.record(record("after", 1)) is True  # the batcher keeps working
-
