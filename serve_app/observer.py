@@ -65,15 +65,8 @@ class Observer(Protocol):
     def scored(self, model: str, documents: int, tokens: int) -> None:
         """One successful request's billed documents and pair tokens."""
 
-    def shadow_compared(
-        self,
-        primary: str,
-        shadow: str,
-        overlap: float,
-        mean_overlap: float,
-        mean_tau: float | None,
-    ) -> None:
-        """A shadow score compared with the served one (running means since start)."""
+    def shadow_compared(self, primary: str, shadow: str, overlap: float, tau: float | None) -> None:
+        """A shadow score compared with the served one: overlap@10 and Kendall tau-b."""
 
     def shadow_failed(self, primary: str, shadow: str) -> None: ...
 
@@ -93,7 +86,7 @@ class NullObserver:
     def scored(self, model, documents, tokens) -> None:
         pass
 
-    def shadow_compared(self, primary, shadow, overlap, mean_overlap, mean_tau) -> None:
+    def shadow_compared(self, primary, shadow, overlap, tau) -> None:
         pass
 
     def shadow_failed(self, primary, shadow) -> None:

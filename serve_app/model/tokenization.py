@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import os
 import re
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from serve_app.config import ModelDeploymentConfig
 from serve_app.model.checkpoints import ensure_checkpoint
+from serve_app.observer import NullObserver, Observer
 
 MIN_DOCUMENT_TOKENS = 8
 ENCODE_SLICE_DOCS = 32  # documents per tokenizer call; more run as parallel slices
@@ -182,13 +184,18 @@ class PairEncoders:
     other ingress replicas; instead a request's documents are sliced over these threads.
     """
 
-    def __init__(self, encoders: Mapping[str, PairEncoder], threads: int):
+    def __init__(
+        self, encoders: Mapping[str, PairEncoder], threads: int, observer: Observer = NullObserver()
+    ):
         self.encoders = dict(encoders)
+        self.observer = observer
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="tok")
 
     @classmethod
-    def load(cls, models: list[ModelDeploymentConfig], threads: int) -> PairEncoders:
+    def load(
+        cls, models: list[ModelDeploymentConfig], threads: int, observer: Observer = NullObserver()
+    ) -> PairEncoders:
         distinct: dict[str, PairEncoder] = {}
         encoders = {}
         for model in models:
@@ -197,7 +204,7 @@ class PairEncoders:
             if key not in distinct:
                 distinct[key] = PairEncoder.from_pretrained(source, model.max_query_tokens)
             encoders[model.name] = distinct[key]
-        return cls(encoders, threads)
+        return cls(encoders, threads, observer)
 
     def same_encoding(self, a: str, b: str) -> bool:
         """Whether pairs encoded for model `a` are exactly what model `b` would get."""
@@ -215,6 +222,7 @@ class PairEncoders:
         if reuse is not None and self.same_encoding(reuse[0], model):
             return reuse[1]
         # The query once, then even slices of the documents in parallel (100 are 4 x 25).
+        started = time.perf_counter()
         encoder, loop = self.encoders[model], asyncio.get_running_loop()
         head = await loop.run_in_executor(self.pool, encoder.head, query)
         slices = max(1, -(-len(texts) // ENCODE_SLICE_DOCS))
@@ -225,4 +233,5 @@ class PairEncoders:
                 for i in range(0, len(texts), size) or [0]
             )
         )
+        self.observer.tokenized(model, time.perf_counter() - started)
         return EncodedPairs.concat(list(parts))

@@ -96,7 +96,7 @@ class Router:
         self, request: RerankRequest, texts: list[str], arrived: float
     ) -> RerankResult:
         named = self.names.resolve(request.model)
-        pairs = await self._encode(named.model, request.query, texts)
+        pairs = await self.encoders.encode(named.model, request.query, texts)
         predicted = self._spent_ms(arrived) + self.policy.predict(
             named.model, pairs.total_tokens, self.board.loads()
         )
@@ -108,7 +108,7 @@ class Router:
         candidates = self.policy.eligible(budget)
         # One tokenization serves the decision and, with a shared vocabulary, the model.
         probe = candidates[0]
-        pairs = await self._encode(probe, request.query, texts)
+        pairs = await self.encoders.encode(probe, request.query, texts)
         loads = self.board.loads()
         spent = self._spent_ms(arrived)
         choice = self.policy.choose(budget, pairs.total_tokens, loads, spent)
@@ -117,7 +117,7 @@ class Router:
         if diverted is not None:
             model, policy = diverted, "split"
             predicted = spent + self.policy.predict(model, pairs.total_tokens, loads)
-        pairs = await self._encode(model, request.query, texts, reuse=(probe, pairs))
+        pairs = await self.encoders.encode(model, request.query, texts, reuse=(probe, pairs))
         routing = Routing(policy, round(predicted, 3), budget_met(predicted, budget))
         return await self._single(model, pairs, request, texts, routing)
 
@@ -151,7 +151,7 @@ class Router:
             spec.second if spec and spec.second else defaults.second, "cascade.second"
         ).model
         keep = spec.keep if spec and spec.keep else defaults.keep
-        pairs = await self._encode(first, request.query, texts)
+        pairs = await self.encoders.encode(first, request.query, texts)
         keep = min(keep, len(pairs))
         loads = self.board.loads()
         # Estimated: which documents the first stage keeps is not known yet.
@@ -163,7 +163,7 @@ class Router:
         )
         first_logits = (await self._score(first, pairs)).tolist()
         kept = top_indices(first_logits, keep)
-        second_pairs = await self._encode(
+        second_pairs = await self.encoders.encode(
             second,
             request.query,
             [texts[i] for i in kept],
@@ -184,19 +184,6 @@ class Router:
         )
 
     # -- plumbing ---------------------------------------------------------------------
-
-    async def _encode(
-        self,
-        model: str,
-        query: str,
-        texts: list[str],
-        reuse: tuple[str, EncodedPairs] | None = None,
-    ) -> EncodedPairs:
-        started = time.perf_counter()
-        pairs = await self.encoders.encode(model, query, texts, reuse)
-        if reuse is None or pairs is not reuse[1]:
-            self.observer.tokenized(model, time.perf_counter() - started)
-        return pairs
 
     async def _score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
         with self.board.dispatched(model, pairs.total_tokens):
@@ -231,7 +218,7 @@ class Router:
         primary = self.shadow.against or "any"
         try:
             # The texts the served model scored (after any `max_tokens_per_doc` cut).
-            pairs = await self._encode(model, query, texts, reuse=(served, pairs))
+            pairs = await self.encoders.encode(model, query, texts, reuse=(served, pairs))
             shadow_logits = await self._score(model, pairs)
             # Kendall tau is O(n^2): computed off the event loop, recorded on it.
             overlap, tau = await asyncio.to_thread(agreement, logits, shadow_logits)
@@ -241,10 +228,7 @@ class Router:
             self.observer.shadow_failed(primary, model)
             return
         self.agreement.add(overlap, tau)
-        summary = self.agreement
-        self.observer.shadow_compared(
-            primary, model, overlap, summary.mean_overlap, summary.mean_tau
-        )
+        self.observer.shadow_compared(primary, model, overlap, tau)
 
     def describe(self) -> dict:
         return {

@@ -19,6 +19,7 @@ from __future__ import annotations
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from serve_app.observer import AccessRecord
+from serve_app.routing.shadow import AgreementSummary
 
 # Seconds; reranking spans ~1 ms (cached tiny model) to many seconds (1000 long docs on CPU).
 LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
@@ -102,6 +103,7 @@ class RayMetrics:
             description="Mean Kendall tau-b of served vs shadow scores since start (-1..1).",
             tag_keys=shadow_tags,
         )
+        self.shadow_means: dict[tuple[str, str], AgreementSummary] = {}
         self.shadow_requests = Counter(
             "rerank_shadow_requests",
             description="Shadow-scored requests, by outcome (compared or failed).",
@@ -129,19 +131,14 @@ class RayMetrics:
             self.tokens.inc(tokens, tags=tags)
         self.documents_per_request.observe(documents, tags=tags)
 
-    def shadow_compared(
-        self,
-        primary: str,
-        shadow: str,
-        overlap: float,
-        mean_overlap: float,
-        mean_tau: float | None,
-    ) -> None:
+    def shadow_compared(self, primary: str, shadow: str, overlap: float, tau: float | None) -> None:
         tags = {"primary": primary, "shadow": shadow}
+        means = self.shadow_means.setdefault((primary, shadow), AgreementSummary())
+        means.add(overlap, tau)
         self.shadow_overlap.observe(overlap, tags=tags)
-        self.shadow_mean_overlap.set(mean_overlap, tags=tags)
-        if mean_tau is not None:
-            self.shadow_mean_tau.set(mean_tau, tags=tags)
+        self.shadow_mean_overlap.set(means.mean_overlap, tags=tags)
+        if means.mean_tau is not None:
+            self.shadow_mean_tau.set(means.mean_tau, tags=tags)
         self.shadow_requests.inc(1, tags={**tags, "outcome": "compared"})
 
     def shadow_failed(self, primary: str, shadow: str) -> None:
