@@ -13,7 +13,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def load(path: str) -> dict:
