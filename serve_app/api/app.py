@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Security
@@ -35,7 +35,7 @@ from serve_app.api.schemas import (
 )
 from serve_app.catalog import ORGANISATION
 from serve_app.config import QuotaSettings
-from serve_app.errors import InvalidJSON, InvalidRequest, NotReady, RerankError
+from serve_app.errors import InvalidJSON, InvalidRequest, RerankError
 from serve_app.service.auth import ANONYMOUS, Principal
 from serve_app.service.rerank import RerankService
 from serve_app.types import RerankResult
@@ -76,6 +76,8 @@ def create_app(
         yield
         if task is not None:
             task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
 
     app = FastAPI(
         title="Rerank API",
@@ -87,22 +89,17 @@ def create_app(
     _add_error_handlers(app)
 
     async def rerank(
-        request: Request,
-        response: Response,
-        body: RerankRequest | TEIRerankRequest,
-        renames: dict[str, str] | None = None,
-    ) -> RerankResult:
+        request: Request, response: Response, body: RerankRequest | TEIRerankRequest
+    ) -> tuple[list[str], RerankResult]:
+        """The documents as sent, and the service's answer."""
         internal = body.to_internal()
         request.state.documents = len(internal.texts)
-        try:
-            result = await service.rerank(
-                internal, _caller(request), getattr(request.state, "arrived", None)
-            )
-        except RerankError as e:
-            raise _Refused(e, renames) from None
+        result = await service.rerank(
+            internal, _caller(request), getattr(request.state, "arrived", None)
+        )
         request.state.model = result.model
         response.headers["x-rerank-model"] = result.served_by
-        return result
+        return internal.texts, result
 
     @app.post("/v1/rerank", **_RERANK_ROUTE)
     async def rerank_v1(
@@ -110,16 +107,16 @@ def create_app(
     ) -> RerankResponse:
         """Rerank `documents` by relevance to `query` (Cohere v1 and Jina field names).
         `"model": "auto"` with a budget, or `"cascade"`, lets the server choose."""
-        result = await rerank(request, response, body)
-        return rerank_response(result, body.document_texts(), body.return_documents)
+        texts, result = await rerank(request, response, body)
+        return rerank_response(result, texts, body.return_documents)
 
     @app.post("/v2/rerank", **_RERANK_ROUTE)
     async def rerank_v2(
         body: CohereV2RerankRequest, request: Request, response: Response
     ) -> RerankResponse:
         """Cohere v2 rerank: documents are returned only with `return_documents: true`."""
-        result = await rerank(request, response, body)
-        return rerank_response(result, body.document_texts(), body.return_documents)
+        texts, result = await rerank(request, response, body)
+        return rerank_response(result, texts, body.return_documents)
 
     @app.post(
         "/rerank",
@@ -132,8 +129,9 @@ def create_app(
         body: TEIRerankRequest, request: Request, response: Response
     ) -> list[TEIRerankResult]:
         """Hugging Face text-embeddings-inference rerank: a bare array, best first."""
-        result = await rerank(request, response, body, TEI_FIELDS)
-        return tei_response(result, body.texts, body.return_text)
+        request.state.field_renames = TEI_FIELDS
+        texts, result = await rerank(request, response, body)
+        return tei_response(result, texts, body.return_text)
 
     @app.get("/v1/usage", response_model=UsageResponse, responses=_ERRORS, dependencies=[_bearer])
     async def usage(request: Request) -> UsageResponse:
@@ -160,21 +158,9 @@ def create_app(
     @app.get("/readyz", responses={503: {"model": ErrorResponse}})
     async def readyz() -> JSONResponse:
         """Every model can serve (503 otherwise); needs no key."""
-        try:
-            names = await service.check_ready()
-        except NotReady as e:
-            return http_error(e)
-        return JSONResponse({"status": "ready", "models": names})
+        return JSONResponse({"status": "ready", "models": await service.check_ready()})
 
     return app
-
-
-class _Refused(Exception):
-    """A domain error on its way out of a route, with the route's field names."""
-
-    def __init__(self, error: RerankError, renames: dict[str, str] | None):
-        self.error = error
-        self.renames = renames
 
 
 def _caller(request: Request) -> Principal:
@@ -183,15 +169,11 @@ def _caller(request: Request) -> Principal:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(_Refused)
-    async def _refused(request: Request, exc: _Refused) -> JSONResponse:
-        request.state.error_type = error_type(exc.error)
-        return http_error(exc.error, exc.renames)
-
     @app.exception_handler(RerankError)
     async def _domain_error(request: Request, exc: RerankError) -> JSONResponse:
         request.state.error_type = error_type(exc)
-        return http_error(exc)
+        # A route whose shape spells fields differently (TEI) says so before it fails.
+        return http_error(exc, getattr(request.state, "field_renames", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -65,9 +65,9 @@ class StatsPoller:
         sent_with = self.board.inflight_tokens[model]
         try:
             snapshot = await asyncio.wait_for(self.fetch(model), timeout=2 * self.interval_s)
+            self.board.update(model, snapshot, sent_with)
         except Exception:  # a busy or restarting replica: keep the last snapshot
             return
-        self.board.update(model, snapshot, sent_with)
 
     async def run(self) -> None:
         """Poll until cancelled."""

@@ -218,7 +218,7 @@ async def test_a_spent_quota_is_429_with_a_whole_second_to_wait(service_parts):
 
 @pytest.mark.anyio
 async def test_not_ready_models_make_readyz_a_503(service_parts):
-    app, models, _ = service_parts
+    app, models, observer = service_parts
 
     async def silent(model: str) -> dict:
         return {} if model == L12 else {"weights": "random"}
@@ -228,6 +228,7 @@ async def test_not_ready_models_make_readyz_a_503(service_parts):
         got = await c.get("/readyz")
     assert_error(got, 503, "not_ready")
     assert L12 in got.json()["error"]["message"] and got.headers["retry-after"] == "1"
+    assert observer.records[-1].failure == "not_ready"  # counted under its type
 
 
 @pytest.mark.anyio
