@@ -3,6 +3,10 @@
 tokens, the figure `batching.batch_overhead_tokens` wants.
 
     python load_tests/batch_cost_probe.py [--model NAME] [--threads 1] [--dtype auto]
+        [--device cpu|cuda] [--backend torch|onnx|openvino]
+
+Each batch is padded as production's are: rows from 3/4 of the width to the full width,
+so the masked attention path is what gets timed.
 """
 
 from __future__ import annotations
@@ -40,25 +44,33 @@ def main() -> None:
     parser.add_argument("--model", default="cross-encoder/ms-marco-MiniLM-L6-v2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backend", default="torch")
     parser.add_argument(
         "--checkpoints", default=os.path.expanduser("~/.cache/rerank-serve/random-init")
     )
     args = parser.parse_args()
     card = load_catalog().resolve(args.model)
     source = str(write_random_checkpoint(card, os.path.join(args.checkpoints, card.short_name)))
-    engine = CrossEncoderEngine(source, dtype=args.dtype, cpu_threads=args.threads)
-    on_gpu = engine.device.type == "cuda"
+    engine = CrossEncoderEngine(
+        source, backend=args.backend, device=args.device, dtype=args.dtype, cpu_threads=args.threads
+    )
+    backend = engine.backend
+    on_gpu = args.device == "cuda"
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     timed = []
     for rows, length in GPU_SHAPES if on_gpu else SHAPES:
         ids = np.full((rows, length), 1996, dtype=np.int64)
-        lengths, heads = np.full(rows, length), np.full(rows, 8)
-        engine._forward(ids, lengths, heads)  # warm: allocator, kernel choice
+        # Padded like production batches: row lengths spread over the top quarter.
+        lengths = np.linspace(length, length * 3 // 4, rows).astype(np.int64)
+        ids[np.arange(length)[None, :] >= lengths[:, None]] = 0
+        heads = np.full(rows, 8)
+        backend.collect([backend.launch(ids, lengths, heads)])  # warm: allocator, kernels
         repeats = max(3, (200_000 if on_gpu else 20_000) // (rows * length))
         sync()
         start = time.perf_counter()
         for _ in range(repeats):
-            engine._forward(ids, lengths, heads)
+            backend.launch(ids, lengths, heads)
         sync()
         seconds = (time.perf_counter() - start) / repeats
         timed.append((rows * length, seconds))
@@ -68,7 +80,7 @@ def main() -> None:
     design = np.array([[tokens, 1.0] for tokens, _ in timed]) * weight[:, None]
     per_token, per_pass = np.linalg.lstsq(design, np.ones(len(timed)), rcond=None)[0]
     print(
-        f"{args.model} on {engine.device} ({engine.dtype}, threads={args.threads}): "
+        f"{args.model} on {engine.describe()} (threads={args.threads}): "
         f"{per_token * 1e6:.3f} us per padded token, {per_pass * 1e3:.2f} ms per pass "
         f"= {per_pass / per_token:.0f} padded tokens per pass"
     )

@@ -54,7 +54,28 @@ def machine() -> dict:
 # -- in-process --------------------------------------------------------------------------
 
 
+def _ranking_agreement(scores: np.ndarray, reference: np.ndarray, bounds: np.ndarray) -> dict:
+    """How far `scores` rank like `reference`, per request (`bounds`: request offsets)."""
+    from scipy.stats import spearmanr
+
+    identical, top10, rho = True, [], []
+    for a, b in zip(bounds, bounds[1:]):
+        ours = np.argsort(-scores[a:b], kind="stable")
+        theirs = np.argsort(-reference[a:b], kind="stable")
+        identical &= ours.tolist() == theirs.tolist()
+        top10.append(len(set(ours[:10].tolist()) & set(theirs[:10].tolist())) / 10)
+        rho.append(spearmanr(scores[a:b], reference[a:b])[0])
+    return {
+        "identical_rankings": bool(identical),
+        "max_abs_logit_diff": float(np.abs(scores - reference).max()),
+        "spearman_mean": round(float(np.mean(rho)), 4),
+        "top10_overlap_mean": round(float(np.mean(top10)), 4),
+    }
+
+
 def bench_engine(args: argparse.Namespace) -> dict:
+    """Per model: `CrossEncoder.predict` (torch fp32 unless --dtype) once, then our engine
+    on each backend in `--backends` (`NAME` or `NAME:int8`) on the same pairs."""
     import torch
     from sentence_transformers import CrossEncoder
 
@@ -66,10 +87,11 @@ def bench_engine(args: argparse.Namespace) -> dict:
 
     requests = make_requests(args.requests, args.docs, args.shape, seed=1)
     pairs = [(r.query, d) for r in requests for d in r.documents]
+    bounds = np.cumsum([0] + [len(r.documents) for r in requests])
     limits = PackingLimits(args.batch_tokens, args.batch_docs, args.batch_overhead)
     results = {
         "machine": machine(),
-        "workload": {"shape": args.shape, "docs": args.docs},
+        "workload": {"shape": args.shape, "docs": args.docs, "requests": args.requests},
         "models": {},
     }
     for name in args.models:
@@ -79,29 +101,17 @@ def bench_engine(args: argparse.Namespace) -> dict:
             write_random_checkpoint(card, source)
         encoder = PairEncoder.from_pretrained(source, 64)
         results["workload"].update(describe(requests[:10], encoder))
-        engine = CrossEncoderEngine(source, dtype=args.dtype, cpu_threads=args.threads)
-        sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
-
         t0 = time.perf_counter()
         encoded = [encoder.encode(r.query, r.documents) for r in requests]
         tokenize_s = time.perf_counter() - t0
-        engine.score(encoded[:2], limits)
-        sync()
-        t0 = time.perf_counter()
-        ours = engine.score(encoded, limits)
-        sync()
-        forward_s = time.perf_counter() - t0
-        # One call per request, as an unloaded replica sees them: no cross-request packing.
-        t0 = time.perf_counter()
-        for one in encoded:
-            engine.score([one], limits)
-        sync()
-        forward_per_request_s = time.perf_counter() - t0
-        per_request_batches = [pack_by_token_budget(one.pair_lengths, limits) for one in encoded]
 
-        cross_encoder = CrossEncoder(source, device=str(engine.device))
-        if engine.dtype == "float16":
+        device = "cuda" if args.device == "cuda" else "cpu"
+        cross_encoder = CrossEncoder(source, device=device)
+        if device == "cuda" and args.dtype in ("auto", "float16"):
             cross_encoder.model.half()
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         cross_encoder.predict(pairs[:64], batch_size=args.st_batch)
         t0 = time.perf_counter()
         reference = cross_encoder.predict(
@@ -113,21 +123,13 @@ def bench_engine(args: argparse.Namespace) -> dict:
         for r in requests:
             cross_encoder.predict([(r.query, d) for d in r.documents], batch_size=args.st_batch)
         st_per_query_s = time.perf_counter() - t0
-
-        ours_flat = np.concatenate(ours)
-        per_request = np.cumsum([0] + [len(r.documents) for r in requests])
-        same_ranking = all(
-            np.argsort(-ours_flat[a:b], kind="stable").tolist()
-            == np.argsort(-reference[a:b], kind="stable").tolist()
-            for a, b in zip(per_request, per_request[1:])
-        )
-        entry = {
-            "device": str(engine.device),
-            "dtype": engine.dtype,
+        del cross_encoder
+        per_request_batches = [pack_by_token_budget(one.pair_lengths, limits) for one in encoded]
+        entry: dict = {
             "pairs": len(pairs),
             "tokenize_pairs_per_s": round(len(pairs) / tokenize_s),
-            "forward_docs_per_s": round(len(pairs) / forward_s),
-            "forward_per_request_docs_per_s": round(len(pairs) / forward_per_request_s),
+            "sentence_transformers_docs_per_s": round(len(pairs) / st_s),
+            "sentence_transformers_per_query_docs_per_s": round(len(pairs) / st_per_query_s),
             "per_request_packing": {
                 "tokens": int(sum(one.pair_lengths.sum() for one in encoded)),
                 "padded_tokens": sum(
@@ -137,29 +139,59 @@ def bench_engine(args: argparse.Namespace) -> dict:
                 ),
                 "forward_passes": sum(len(batches) for batches in per_request_batches),
             },
-            "sentence_transformers_docs_per_s": round(len(pairs) / st_s),
-            "sentence_transformers_per_query_docs_per_s": round(len(pairs) / st_per_query_s),
-            # predict() tokenizes too: the fair ratio includes our tokenization.
-            "speedup_incl_tokenization_vs_sentence_transformers": round(
-                st_s / (tokenize_s + forward_s), 2
-            ),
-            "forward_only_speedup_vs_sentence_transformers": round(st_s / forward_s, 2),
-            "max_abs_logit_diff_vs_sentence_transformers": float(
-                np.abs(ours_flat - reference).max()
-            ),
-            "identical_rankings": same_ranking,
             "v100_published_docs_per_s": card.v100_docs_per_s,
+            "backends": {},
         }
-        if engine.device.type == "cuda" and engine.dtype != "float32":
-            reference32 = CrossEncoderEngine(source, dtype="float32").score(encoded, limits)
-            entry["max_abs_logit_diff_fp16_vs_fp32"] = float(
-                np.abs(ours_flat - np.concatenate(reference32)).max()
+        fp32_scores: np.ndarray | None = None
+        for spec in args.backends:
+            backend, _, quantization = spec.partition(":")
+            t0 = time.perf_counter()
+            engine = CrossEncoderEngine(
+                source,
+                name=card.name,
+                backend=backend,
+                quantization=quantization or "none",
+                device=device,
+                dtype=args.dtype,
+                cpu_threads=args.threads,
             )
+            load_s = time.perf_counter() - t0
+            engine.warmup(limits)
+            sync()
+            t0 = time.perf_counter()
+            ours = np.concatenate(engine.score(encoded, limits))
+            sync()
+            forward_s = time.perf_counter() - t0
+            # One call per request, as an unloaded replica sees them: no cross-request packing.
+            t0 = time.perf_counter()
+            for one in encoded:
+                engine.score([one], limits)
+            sync()
+            forward_per_request_s = time.perf_counter() - t0
+            row = {
+                **engine.describe(),
+                "load_s": round(load_s, 1),
+                "forward_docs_per_s": round(len(pairs) / forward_s),
+                "forward_per_request_docs_per_s": round(len(pairs) / forward_per_request_s),
+                # predict() tokenizes too: the fair ratio includes our tokenization.
+                "speedup_incl_tokenization_vs_sentence_transformers": round(
+                    st_s / (tokenize_s + forward_s), 2
+                ),
+                "per_request_speedup_vs_predict_per_query": round(
+                    st_per_query_s / (tokenize_s + forward_per_request_s), 2
+                ),
+                "vs_sentence_transformers": _ranking_agreement(ours, reference, bounds),
+            }
+            if quantization in ("", "none") and engine.describe().get("dtype") == "float32":
+                fp32_scores = ours if fp32_scores is None else fp32_scores
+            elif fp32_scores is not None:
+                row["vs_fp32_backend"] = _ranking_agreement(ours, fp32_scores, bounds)
+            entry["backends"][spec] = row
+            print(json.dumps({card.name: {spec: row}}), flush=True)
+            del engine
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         results["models"][card.name] = entry
-        print(json.dumps({card.name: entry}), flush=True)
-        del engine, cross_encoder
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
     return results
 
 
@@ -323,10 +355,15 @@ def bench_http(args: argparse.Namespace) -> dict:
     import httpx
 
     bodies = _bodies(args, 200, seed=1)  # seed 1: the same requests as `engine` uses
+    served = _models(args.url).get(load_catalog_name(args.model), {})
+    running = ":".join(x for x in (served.get("backend"), served.get("quantization")) if x)
+    if args.backend and not running.startswith(args.backend):
+        raise SystemExit(f"{args.model} runs {running or 'unknown'}, not {args.backend}")
     out: dict = {
         "machine": machine(),
         "url": args.url,
         "model": args.model,
+        "backend": running,
         "docs": args.docs,
         "shape": args.shape,
         "closed_loop": [],
@@ -574,6 +611,15 @@ def main() -> None:
     e.add_argument("--docs", type=int, default=100)
     e.add_argument("--shape", default="standard", choices=["standard", "long"])
     e.add_argument("--dtype", default="auto")
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    e.add_argument(
+        "--backends",
+        "--backend",
+        nargs="+",
+        default=["torch"],
+        help="engine backends to run, each `NAME` or `NAME:int8` "
+        "(torch, onnx, openvino, auto), e.g. --backends torch onnx openvino onnx:int8",
+    )
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--batch-tokens", type=int, default=65536)
     e.add_argument("--batch-docs", type=int, default=512)
@@ -596,6 +642,11 @@ def main() -> None:
 
     h = sub.add_parser("http")
     add_load_target(h, docs=100, client_procs=2)
+    h.add_argument(
+        "--backend",
+        help="the backend the service must be running the model on (`onnx`, `onnx:int8`, ...),"
+        " checked in /v1/models and recorded; start it with run_demo_app.py --backend",
+    )
     h.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16, 32, 64])
     h.add_argument("--rates", type=float, nargs="*", default=[])
     h.add_argument(

@@ -3,6 +3,7 @@ instance, on loopback, for load tests; Ctrl-C (or SIGTERM) shuts down only what 
 started, unlike `serve run`, whose Ray instance can outlive it.
 
     python load_tests/run_demo_app.py [--config FILE] [--port 8123] [--models TinyBERT-L2 ...]
+        [--backend torch|onnx|openvino] [--quantization int8]
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ def main() -> None:
         help="logical GPUs for Ray (default: the GPUs Ray detects)",
     )
     parser.add_argument("--models", nargs="*", help="substrings of model names to keep")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx", "openvino"],
+        help="override every model's backend (e.g. torch against onnx, one config)",
+    )
+    parser.add_argument("--quantization", choices=["none", "int8"])
+    parser.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        help="let GPU-share replicas run on CPU when there is no CUDA (smoke runs)",
+    )
     args = parser.parse_args()
 
     serve_config = yaml.safe_load(args.config.read_text())
@@ -49,6 +61,13 @@ def main() -> None:
         names = [m["name"] for m in app_args["models"]]
         if app_args.get("default_model") not in (None, *names):
             app_args["default_model"] = names[0]
+    if args.allow_cpu_fallback:
+        for m in app_args["models"]:
+            m["allow_cpu_fallback"] = True
+    for override in ("backend", "quantization"):
+        if getattr(args, override):
+            for m in app_args["models"]:
+                m[override] = getattr(args, override)
 
     ray.init(
         address="local",

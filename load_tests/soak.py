@@ -184,6 +184,7 @@ def soak_app_args(args: argparse.Namespace, model: str, checkpoint: Path) -> dic
                 "name": model,
                 "source": str(checkpoint),
                 "num_gpus": 0.1,
+                "allow_cpu_fallback": True,  # a logical GPU on a CPU machine
                 "num_cpus": 1,
                 "cpu_threads": 1,
                 "max_ongoing_requests": args.max_ongoing,

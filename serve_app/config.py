@@ -17,6 +17,9 @@ from serve_app.types import Budget
 
 DEFAULT_RANDOM_CHECKPOINT_ROOT = "~/.cache/rerank-serve/random-init"
 
+BackendChoice = Literal["auto", "torch", "onnx", "openvino"]
+Quantization = Literal["none", "int8"]
+
 
 def canonical_model_name(name: str) -> str:
     try:
@@ -120,6 +123,26 @@ class ModelDeploymentConfig(_Placement):
     num_cpus: float = Field(1.0, ge=0)
     cpu_threads: int | None = Field(None, ge=1, description="torch threads on CPU replicas.")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    backend: BackendChoice = Field(
+        "auto",
+        description="What runs the forward pass. `auto`: torch fp16 on CUDA; on CPU the "
+        "fastest exact backend installed (ONNX Runtime, then OpenVINO, then torch).",
+    )
+    quantization: Quantization = Field(
+        "none",
+        description="`int8` (CPU, onnx or openvino only) changes scores slightly; never the "
+        "default. docs/PERFORMANCE.md has its measured effect on rankings.",
+    )
+    calibration_pairs: str | None = Field(
+        None,
+        description="Static int8 (OpenVINO): a file of `query<TAB>document` lines to "
+        "calibrate on; default pairs are drawn from the tokenizer's vocabulary.",
+    )
+    allow_cpu_fallback: bool = Field(
+        False,
+        description="With num_gpus > 0 and no CUDA, run on CPU (logged) instead of failing "
+        "at start. For demos and tests on logical GPUs; off in production configs.",
+    )
     max_query_tokens: int = Field(64, ge=1, le=500)
     max_ongoing_requests: int = Field(128, ge=1)
     max_queued_requests: int = Field(

@@ -99,6 +99,8 @@ class ModelStatus:
     weights: str | None  # "pretrained" or "random"; None when the model did not answer
     device: str | None
     dtype: str | None
+    backend: str | None  # "torch", "onnx" or "openvino"
+    quantization: str | None  # "none" or "int8"
     replicas: int | None  # running; None when Serve's state is unknown
     replicas_starting: int | None
     metadata: dict  # catalog facts (aliases, architecture, published figures)

@@ -42,6 +42,7 @@ def app_args(root: Path, models: list[str], **overrides: Any) -> dict:
     args: dict[str, Any] = {
         "model_defaults": {
             "num_gpus": 0.1,
+            "allow_cpu_fallback": True,  # logical GPUs: no CUDA behind them
             "num_cpus": 0.1,
             "cpu_threads": 1,
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},

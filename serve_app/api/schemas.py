@@ -245,6 +245,10 @@ class ModelEntry(BaseModel):
     weights: str | None = Field(None, description="`pretrained`, or `random` for demo checkpoints.")
     device: str | None = None
     dtype: str | None = None
+    backend: str | None = Field(None, description="`torch`, `onnx` or `openvino`.")
+    quantization: str | None = Field(
+        None, description="`none`, or `int8` (scores differ slightly from fp32)."
+    )
     replicas: int | None = Field(None, description="Replicas running now.")
     replicas_starting: int | None = Field(
         None, description="Replicas the autoscaler has added that are not running yet."
@@ -264,6 +268,8 @@ class ModelEntry(BaseModel):
             weights=status.weights,
             device=status.device,
             dtype=status.dtype,
+            backend=status.backend,
+            quantization=status.quantization,
             replicas=status.replicas,
             replicas_starting=status.replicas_starting,
             **status.metadata,

@@ -1,4 +1,5 @@
-"""Length-aware packing of (query, document) pairs into forward passes under a token budget.
+"""Length-aware packing of (query, document) pairs into forward passes under a token budget,
+and their padding into id matrices.
 
 Plain Python and numpy, no Ray or torch: Serve's `@serve.batch` gathers whole requests;
 this module decides how their pairs are cut into padded model batches.
@@ -12,12 +13,16 @@ tokens plus `batch_overhead_tokens` per batch (docs/PERFORMANCE.md has the effec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from serve_app.config import BatchingSettings
+
+if TYPE_CHECKING:
+    from serve_app.model.tokenization import EncodedPairs
 
 
 @dataclass(frozen=True)
@@ -75,3 +80,58 @@ def pack_by_token_budget(
         batches[:0] = [order[i : min(i + cap, stop)].tolist() for i in range(start, stop, cap)]
         b = a
     return batches
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """One forward pass: `pairs` index the requests' pairs laid end to end."""
+
+    pairs: np.ndarray
+    ids: np.ndarray  # (rows, width) int64 `[CLS] query [SEP] document [SEP]`, zero-padded
+    lengths: np.ndarray  # int64 real tokens per row
+    heads: np.ndarray  # int64 `[CLS] query [SEP]` tokens per row (segment 0)
+
+
+def padded_batches(
+    requests: Sequence[EncodedPairs], limits: PackingLimits, pad_multiple: int = 1
+) -> Iterator[PaddedBatch]:
+    """The requests' pairs packed by `pack_by_token_budget` and padded, one batch at a
+    time (a GPU computes one while the host pads the next). Width is the longest pair,
+    rounded up to `pad_multiple`."""
+    sizes = [len(r) for r in requests]
+    owner = np.repeat(np.arange(len(requests)), sizes)
+    head_lengths = np.array([len(r.head) for r in requests], dtype=np.int64)
+    heads = head_lengths[owner]
+    lengths = np.concatenate([r.pair_lengths for r in requests]).astype(np.int64)
+    # Each pair's head and document as offsets into the requests' ids laid end to end.
+    head_ids = np.concatenate([r.head for r in requests])
+    doc_ids = np.concatenate([r.doc_ids for r in requests])
+    doc_lengths = lengths - heads
+    head_start = (np.cumsum(head_lengths) - head_lengths)[owner]
+    doc_start = np.cumsum(doc_lengths) - doc_lengths
+    for batch in pack_by_token_budget(lengths, limits):
+        b = np.asarray(batch)
+        width = -(-int(lengths[b].max()) // pad_multiple) * pad_multiple
+        ids = _padded_ids(
+            head_ids, head_start[b], heads[b], doc_ids, doc_start[b], lengths[b], width
+        )
+        yield PaddedBatch(b, ids, lengths[b], heads[b])
+
+
+def _padded_ids(
+    head_ids: np.ndarray,
+    head_start: np.ndarray,
+    head_len: np.ndarray,
+    doc_ids: np.ndarray,
+    doc_start: np.ndarray,
+    pair_len: np.ndarray,
+    width: int,
+) -> np.ndarray:
+    """Rows of `[head][document]` ids, zero-padded to `width` (padded positions are masked
+    out, so their value is irrelevant). Vectorised: no Python loop per row."""
+    positions = np.arange(width)[None, :]
+    in_head = positions < head_len[:, None]
+    in_pair = positions < pair_len[:, None]
+    from_head = np.take(head_ids, head_start[:, None] + positions, mode="clip")
+    from_doc = np.take(doc_ids, doc_start[:, None] + positions - head_len[:, None], mode="clip")
+    return np.where(in_head, from_head, np.where(in_pair, from_doc, 0)).astype(np.int64)

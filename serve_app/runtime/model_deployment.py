@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
+import torch
 from ray import serve
 
 from serve_app.config import BatchingSettings, ModelDeploymentConfig
@@ -30,12 +31,7 @@ class RerankModel:
     def __init__(self, config: ModelDeploymentConfig):
         self.config = config
         source = ensure_checkpoint(config)
-        self.engine = CrossEncoderEngine(
-            source,
-            dtype=config.dtype,
-            cpu_threads=config.cpu_threads or max(1, int(config.num_cpus)),
-            gpu_memory_fraction=config.num_gpus or None,
-        )
+        self.engine = CrossEncoderEngine.from_config(config, source, torch.cuda.is_available())
         self.packing = PackingLimits.from_settings(config.batching)
         # One thread runs the model, so the event loop keeps gathering the next batch
         # while the current one computes.
@@ -44,7 +40,9 @@ class RerankModel:
         )
         self.stats_recorder = ReplicaStats()
         self.metrics = ReplicaMetrics(config.name)
-        self.engine.warmup()
+        # On the forward thread: per-thread runtime state (cuBLAS, OpenMP) is what the
+        # warm-up is for.
+        self._executor.submit(self.engine.warmup, self.packing).result()
         if self.engine.random_weights:
             logger.warning(
                 "%s: RANDOM WEIGHTS loaded from %s. This is a demo checkpoint of the real "

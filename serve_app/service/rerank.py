@@ -104,6 +104,8 @@ class RerankService:
                     weights=info.get("weights"),
                     device=info.get("device"),
                     dtype=info.get("dtype"),
+                    backend=info.get("backend"),
+                    quantization=info.get("quantization"),
                     replicas=state.get("RUNNING", 0) if state is not None else None,
                     replicas_starting=state.get("STARTING", 0) if state is not None else None,
                     metadata=self.catalog.cards[name].public_metadata(),

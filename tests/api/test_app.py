@@ -45,7 +45,13 @@ class FakeModels:
         return pairs.doc_lengths.astype(np.float32)
 
     async def describe(self, model: str) -> dict:
-        return {"weights": "random", "device": "cpu", "dtype": "float32"}
+        return {
+            "weights": "random",
+            "device": "cpu",
+            "dtype": "int8",
+            "backend": "onnx",
+            "quantization": "int8",
+        }
 
     async def replica_states(self) -> dict[str, dict[str, int]]:
         return {m: {"RUNNING": 1} for m in self.models}
@@ -125,6 +131,11 @@ async def test_every_route_answers_and_bills_through_one_service(service_parts):
     assert usage.json()["requests"] == 3 and usage.json()["documents"] == 9
     assert [m["id"] for m in models.json()["data"]] == [TINY, L12]
     assert models.json()["data"][0]["replicas"] == 1
+    assert {k: models.json()["data"][0][k] for k in ("backend", "quantization", "dtype")} == {
+        "backend": "onnx",
+        "quantization": "int8",
+        "dtype": "int8",
+    }
     assert ready.json() == {"status": "ready", "models": [TINY, L12]}
     assert {(r.path, r.status, r.failure) for r in observer.records} >= {("/v1/rerank", 200, None)}
 

@@ -31,9 +31,23 @@ DOCS = [
 ]
 
 
-@pytest.fixture(scope="module", params=ALL_MODELS)
-def engine(request, checkpoint_root) -> CrossEncoderEngine:
-    return CrossEncoderEngine(checkpoint_path(checkpoint_root, request.param), cpu_threads=2)
+BACKENDS = ["torch", "onnx", "openvino"]
+
+
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("exports"))
+
+
+@pytest.fixture(scope="module", params=[(m, b) for m in ALL_MODELS for b in BACKENDS], ids="-".join)
+def engine(request, checkpoint_root, export_cache) -> CrossEncoderEngine:
+    model, backend = request.param
+    return CrossEncoderEngine(
+        checkpoint_path(checkpoint_root, model),
+        backend=backend,
+        cpu_threads=2,
+        export_cache=export_cache,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +154,10 @@ def test_batching_does_not_change_scores(engine, encoder):
 def test_random_checkpoints_are_labelled_and_deterministic(tmp_path, checkpoint_root, encoder):
     card = load_catalog().resolve("cross-encoder/ms-marco-TinyBERT-L2-v2")
     again = write_random_checkpoint(card, tmp_path / card.short_name)
-    a = CrossEncoderEngine(str(again))
-    b = CrossEncoderEngine(checkpoint_path(checkpoint_root, card.name))
+    a = CrossEncoderEngine(str(again), backend="torch")
+    b = CrossEncoderEngine(checkpoint_path(checkpoint_root, card.name), backend="torch")
     assert a.random_weights and a.describe()["weights"] == "random"
-    assert getattr(a.model.config, RANDOM_INIT_MARKER)
+    assert getattr(a.backend.model.config, RANDOM_INIT_MARKER)
     pairs = [encoder.encode(QUERY, DOCS)]
     assert a.score(pairs)[0].tolist() == b.score(pairs)[0].tolist()
 
@@ -175,7 +189,10 @@ def test_forward_thread_uses_the_configured_cpu_threads(checkpoint_root):
         tiny = ALL_MODELS[0]
         replica = RerankModel.func_or_class(
             ModelDeploymentConfig(
-                name=tiny, source=checkpoint_path(checkpoint_root, tiny), cpu_threads=wanted
+                name=tiny,
+                source=checkpoint_path(checkpoint_root, tiny),
+                cpu_threads=wanted,
+                backend="torch",
             )
         )
         assert replica._executor.submit(_openmp_max_threads).result() == wanted
@@ -183,7 +200,41 @@ def test_forward_thread_uses_the_configured_cpu_threads(checkpoint_root):
         torch.set_num_threads(before)
 
 
-def test_every_row_the_engine_runs_is_exactly_one_pairs_ids(encoder, monkeypatch):
+class RecordingBackend:
+    """Runs no model: each logit is the sum of its row's ids, so it names its pair."""
+
+    name = "torch"
+    quantization = "none"
+    pad_multiple = 1
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.threads: list[str] = []
+
+    def use_this_thread(self) -> None:
+        pass
+
+    def launch(self, ids, lengths, heads):
+        import threading
+
+        self.batches.append((ids, lengths, heads))
+        self.threads.append(threading.current_thread().name)
+        return np.array([float(sum(row[:n])) for row, n in zip(ids.tolist(), lengths)])
+
+    def collect(self, launched):
+        return np.concatenate(launched).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+
+def engine_on(backend, device: str = "cpu", max_length: int = 512) -> CrossEncoderEngine:
+    engine = CrossEncoderEngine.__new__(CrossEncoderEngine)
+    engine.backend, engine.device, engine.max_length = backend, device, max_length
+    return engine
+
+
+def test_every_row_the_engine_runs_is_exactly_one_pairs_ids(encoder):
     """The padded id matrix, checked without a model: each row, cut at its length, is one
     pair's `[CLS] query [SEP] document [SEP]`, and each logit lands on its own pair."""
     requests = [
@@ -191,29 +242,86 @@ def test_every_row_the_engine_runs_is_exactly_one_pairs_ids(encoder, monkeypatch
         encoder.encode("bananas", DOCS[::-1] * 3),
         encoder.encode("a much longer query " * 5, DOCS[:2]),
     ]
-    expected = {tuple(ids) for r in requests for ids in pair_ids(r)}
-    seen = []
-
-    def forward(ids, lengths, heads):
-        rows = [tuple(row[:n].tolist()) for row, n in zip(ids, lengths)]
-        assert all((row[n:] == 0).all() for row, n in zip(ids, lengths))
-        seen.extend(rows)
-        # A logit that names its pair: the sum of its ids.
-        return torch.tensor([float(sum(r)) for r in rows])
-
-    engine = CrossEncoderEngine.__new__(CrossEncoderEngine)
-    engine.device = torch.device("cpu")
-    monkeypatch.setattr(engine, "_forward", forward)
+    expected = sorted(tuple(ids) for r in requests for ids in pair_ids(r))
     for limits in (
         DEFAULT_LIMITS,
         replace(DEFAULT_LIMITS, max_batch_docs=3, batch_overhead_tokens=0),
     ):
-        seen.clear()
-        logits = engine.score(requests, limits)
-        assert sorted(seen) == sorted(tuple(ids) for r in requests for ids in pair_ids(r))
-        assert set(seen) == expected
+        backend = RecordingBackend()
+        logits = engine_on(backend).score(requests, limits)
+        rows = []
+        for ids, lengths, heads in backend.batches:
+            assert all((row[n:] == 0).all() for row, n in zip(ids, lengths))
+            rows += [tuple(row[:n].tolist()) for row, n in zip(ids, lengths)]
+            segment_one = [row[h : n - 1] for row, h, n in zip(ids.tolist(), heads, lengths)]
+            assert all(encoder.sep_id not in seg for seg in segment_one if seg)
+        assert sorted(rows) == expected
         for r, out in zip(requests, logits):
             assert out.tolist() == [float(sum(ids)) for ids in pair_ids(r)]
+
+
+def test_batches_are_padded_to_the_backends_multiple(encoder):
+    backend = RecordingBackend()
+    backend.pad_multiple = 16
+    engine_on(backend).score([encoder.encode(QUERY, DOCS)], DEFAULT_LIMITS)
+    widths = [ids.shape[1] for ids, _, _ in backend.batches]
+    assert widths and all(w % 16 == 0 for w in widths)
+    assert all(ids.shape[1] - lengths.max() < 16 for ids, lengths, _ in backend.batches)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_warmup_runs_padded_multi_row_batches_up_to_the_token_budget(device):
+    """Production batches are padded and masked; the warm-up must take that path, and on
+    CUDA fill the token budget so allocator growth happens before the first user."""
+    backend = RecordingBackend()
+    limits = replace(DEFAULT_LIMITS, max_batch_tokens=8192, max_batch_docs=64)
+    engine_on(backend, device).warmup(limits)
+    assert backend.batches
+    for ids, lengths, _ in backend.batches:
+        assert len(lengths) > 1 and lengths.min() < ids.shape[1]  # several rows, padding
+    widest = max(ids.shape[1] for ids, _, _ in backend.batches)
+    assert widest == 512
+    if device == "cuda":
+        assert max(ids.size for ids, _, _ in backend.batches) > limits.max_batch_tokens // 2
+
+
+def test_replica_warms_up_on_its_forward_thread(checkpoint_root, monkeypatch):
+    """cuBLAS/cuDNN state is per thread: the warm-up must run where forward passes do."""
+    from serve_app.config import ModelDeploymentConfig
+    from serve_app.runtime.model_deployment import RerankModel
+
+    backend = RecordingBackend()
+    monkeypatch.setattr("serve_app.model.engine.load_backend", lambda *args, **kwargs: backend)
+    tiny = ALL_MODELS[0]
+    replica = RerankModel.func_or_class(
+        ModelDeploymentConfig(name=tiny, source=checkpoint_path(checkpoint_root, tiny))
+    )
+    assert replica.engine.backend is backend
+    assert backend.threads and set(backend.threads) == {"forward_0"}
+
+
+def test_torch_forward_gets_a_4d_additive_mask_or_none(checkpoint_root, encoder, monkeypatch):
+    """A 2-D mask makes transformers test `mask.all()` on the host (a device sync on every
+    pass) and expand it per layer. The model must get the (rows, 1, 1, width) additive
+    mask when a batch has padding, and no mask when it has none."""
+    engine = CrossEncoderEngine(checkpoint_path(checkpoint_root, ALL_MODELS[0]), backend="torch")
+    model = engine.backend.model
+    seen: list[torch.Tensor | None] = []
+    real_forward = model.forward
+
+    def forward(*args, **kwargs):
+        seen.append(kwargs.get("attention_mask"))
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    padded = engine.score([encoder.encode(QUERY, DOCS[:2])])[0]
+    same_length = engine.score([encoder.encode(QUERY, ["one two", "three four"])])[0]
+    assert len(seen) == 2
+    mask, none = seen
+    assert none is None
+    assert mask.dim() == 4 and mask.shape[1:3] == (1, 1) and mask.dtype == torch.float32
+    assert (mask[mask != 0] == torch.finfo(torch.float32).min).all()
+    assert np.isfinite(padded).all() and np.isfinite(same_length).all()
 
 
 def test_gpu_memory_cap_names_a_device_torch_accepts(monkeypatch):
@@ -221,6 +329,8 @@ def test_gpu_memory_cap_names_a_device_torch_accepts(monkeypatch):
     a device index (None: the current device); an unindexed `torch.device("cuda")`, what
     the engine runs on by default, makes it raise, so no fractional-GPU replica started."""
     from torch.cuda._utils import _get_device_index
+
+    from serve_app.model.backends.torch_backend import TorchBackend
 
     class StopBeforeLoading(Exception):
         """Loading the model onto CUDA needs a GPU; the cap comes before it."""
@@ -234,7 +344,7 @@ def test_gpu_memory_cap_names_a_device_torch_accepts(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     with pytest.raises(StopBeforeLoading):
-        CrossEncoderEngine("unused", device="cuda", gpu_memory_fraction=0.3)
+        TorchBackend("unused", device="cuda", gpu_memory_fraction=0.3)
     with pytest.raises(StopBeforeLoading):
-        CrossEncoderEngine("unused", device="cuda:1", gpu_memory_fraction=2.0)
+        TorchBackend("unused", device="cuda:1", gpu_memory_fraction=2.0)
     assert capped == [(0.3, 0), (1.0, 1)]

@@ -48,6 +48,7 @@ def app_config(root) -> dict:
     return {
         "model_defaults": {
             "num_gpus": 0.2,  # only the worker node has (logical) GPUs
+            "allow_cpu_fallback": True,
             "num_cpus": 0.5,
             "cpu_threads": 1,
             "batching": {"max_batch_size": 4},
