@@ -213,7 +213,11 @@ async def run_system(
         log(f"{store.system.spec}: {failures} of {len(pending)} queries failed")
 
 
-async def run_all(args: argparse.Namespace, run_dir: Path) -> list[SystemResult]:
+async def run_all(
+    args: argparse.Namespace,
+    run_dir: Path,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[SystemResult]:
     qrels = read_qrels(args.qrels)
     candidates = read_run(args.run, args.depth)
     judged = {q.query_id for q in qrels}
@@ -260,6 +264,7 @@ async def run_all(args: argparse.Namespace, run_dir: Path) -> list[SystemResult]
         headers=rerank_client.headers(args.api_key),
         timeout=timeout,
         limits=limits,
+        transport=transport,
     ) as http:
         if jobs:
             await check_service(http)
@@ -295,12 +300,15 @@ async def run_all(args: argparse.Namespace, run_dir: Path) -> list[SystemResult]
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, transport: httpx.AsyncBaseTransport | None = None
+) -> int:
+    """`transport`: tests answer the requests in process instead of over the network."""
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rerank-eval-") as scratch:
         run_dir = args.run_out or Path(scratch)
         try:
-            results = asyncio.run(run_all(args, run_dir))
+            results = asyncio.run(run_all(args, run_dir, transport))
         except InputError as e:
             print(f"rerank-eval: {e}", file=sys.stderr)
             return 1

@@ -115,6 +115,8 @@ class RunStore:
         order = [qid for qid in self.candidates if qid in self.rankings]
         self._replace(self.run_path, "".join(self._run_lines(q, self.rankings[q]) for q in order))
         timed = [qid for qid in order if qid in self.timings]
+        if not timed and not self.timings_path.exists():
+            return  # the first-stage baseline sends no requests
         self._replace(
             self.timings_path,
             "".join(
