@@ -52,12 +52,14 @@ systems (--systems, in order; the first is the reference of the significance tes
 requests:
   One POST /v1/rerank per query with its candidates in first-stage order, raw_scores: true
   (logits, so confident scores do not saturate into ties), return_documents: false. The
-  reranked order is by score, ties kept in first-stage order. 429 and 503 are retried
-  (--retries, after Retry-After), as are connection errors; any other failure is printed
-  and counted: the query stays out of that system's run file, so every measure scores it 0
-  (as ir-measures scores a judged query missing from a run), and it is listed in the report.
+  reranked order is by score, ties kept in first-stage order (when it evaluates a run
+  file, ir-measures, like trec_eval, orders equal scores by document id instead). 429 and
+  503 are retried (--retries, after Retry-After), as are connection errors; any other
+  failure is printed and counted: the query stays out of that system's run file, so every
+  measure scores it 0 (as ir-measures scores a judged query missing from a run), and it is
+  listed in the report.
   Latency is the client's: from sending the request to the end of the response.
-  docs/s is documents scored over the wall time of the requests at --concurrency.
+  docs/s is documents sent over the wall time of the requests at --concurrency.
   Cost is the change in GET /v1/usage's cost_usd for the key while the system ran; it is
   only this tool's cost if nothing else uses the key meanwhile.
 

@@ -134,40 +134,37 @@ def table(data: dict[str, Any]) -> str:
 
 
 def plot(data: dict[str, Any], path: Path, measure: str, title: str | None) -> None:
-    """Quality against p99 latency, one point per system; `first-stage` (no requests) is a
-    horizontal line."""
+    """Quality against p99 latency, one point per system, named in the legend (labels on
+    the points collide when systems land together); `first-stage`, which sends no request,
+    is a horizontal line. The latency axis is logarithmic when it spans a factor of 20."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for row in data["systems"]:
+    markers = "osD^vP*Xph<>"
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    latencies = []
+    for i, row in enumerate(data["systems"]):
+        failed = len(row["failed_queries"])
+        label = row["system"] + (f" ({failed}/{row['queries']} failed)" if failed else "")
         if row["p99_ms"] is None:
-            ax.axhline(row[measure], color="grey", linestyle="--", linewidth=1)
-            ax.annotate(
-                row["system"],
-                (0, row[measure]),
-                xycoords=("axes fraction", "data"),
-                xytext=(4, 3),
-                textcoords="offset points",
-                color="grey",
-                fontsize=8,
-            )
-            continue
-        ax.scatter(row["p99_ms"], row[measure], s=36, zorder=3)
-        ax.annotate(
-            row["system"],
-            (row["p99_ms"], row[measure]),
-            xytext=(5, 4),
-            textcoords="offset points",
-            fontsize=8,
-        )
-    ax.set_xlabel("p99 latency per request (ms, client side)")
+            if row["requests"] == 0 and row["system"] == "first-stage":
+                ax.axhline(row[measure], color="grey", linestyle="--", linewidth=1, label=label)
+            continue  # a system none of whose requests succeeded has no latency to place
+        latencies.append(row["p99_ms"])
+        ax.scatter(
+            row["p99_ms"], row[measure], s=50, zorder=3, marker=markers[i % len(markers)],
+            label=label,
+        )  # fmt: skip
+    if latencies and max(latencies) / max(min(latencies), 1e-9) >= 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("p99 latency per request (ms, as the client sees it)")
     ax.set_ylabel(measure)
     ax.set_title(title or f"{measure} against p99 latency")
     ax.grid(True, alpha=0.3)
-    ax.margins(x=0.15, y=0.15)
+    ax.margins(x=0.1, y=0.15)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
