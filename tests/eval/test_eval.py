@@ -264,3 +264,19 @@ def test_help_documents_every_option(capsys):
         "paired t-test", "/v1/usage", "random-initialised",
     ]:  # fmt: skip
         assert needle in text, needle
+
+
+def test_the_synthetic_collection_reads_back_as_a_complete_test_collection(tmp_path):
+    from load_tests.synthetic_trec import write_collection
+    from serve_app.eval.inputs import read_documents, read_qrels, read_queries
+
+    write_collection(tmp_path / "a", queries=3, depth=7, judged=2, seed=5)
+    write_collection(tmp_path / "b", queries=3, depth=7, judged=2, seed=5)
+    for name in ("qrels.txt", "run.trec", "queries.tsv", "collection.tsv"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    run = read_run(tmp_path / "a" / "run.trec", depth=100)
+    assert sorted(run) == sorted(read_queries(tmp_path / "a" / "queries.tsv"))
+    assert all(len(candidates) == 7 for candidates in run.values())
+    assert len(read_qrels(tmp_path / "a" / "qrels.txt")) == 6
+    wanted = {c.docid for candidates in run.values() for c in candidates}
+    assert len(read_documents(tmp_path / "a" / "collection.tsv", wanted)) == 21
