@@ -320,6 +320,9 @@ def main(
             return 130
     data = report(results, args.alpha)
     print(table(data))
+    for path in (args.out, args.plot):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     if args.out:
         args.out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     if args.plot:
