@@ -280,3 +280,22 @@ def test_the_synthetic_collection_reads_back_as_a_complete_test_collection(tmp_p
     assert len(read_qrels(tmp_path / "a" / "qrels.txt")) == 6
     wanted = {c.docid for candidates in run.values() for c in candidates}
     assert len(read_documents(tmp_path / "a" / "collection.tsv", wanted)) == 21
+
+
+def test_an_interrupted_run_resumes_from_the_run_files_written(tmp_path):
+    answered: list[str] = []
+
+    def interrupt_on_the_second(query: str) -> httpx.Response | None:
+        answered.append(query)
+        if len(answered) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second request is out
+        return None
+
+    first = FakeService(fail=interrupt_on_the_second)
+    assert run_eval(tmp_path, first, "--systems", "overlap", "--concurrency", "1") == 130
+    assert set(ranked_docids(tmp_path / "runs" / "overlap.run")) == {"q1"}
+    second = FakeService()
+    assert run_eval(tmp_path, second, "--systems", "overlap") == 0
+    assert len(second.requests) == 2  # q2 and q3 only
+    row = report(tmp_path)["overlap"]
+    assert row["requests"] == 3 and row["RR@10"] == 1.0  # q1's latency kept from session one
