@@ -37,6 +37,9 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="*", help="substrings of model names to keep")
     parser.add_argument(
+        "--model", help="serve this catalog model in place of a one-model config's model"
+    )
+    parser.add_argument(
         "--backend",
         choices=["auto", "torch", "onnx", "openvino"],
         help="override every model's backend (e.g. torch against onnx, one config)",
@@ -61,6 +64,10 @@ def main() -> None:
         names = [m["name"] for m in app_args["models"]]
         if app_args.get("default_model") not in (None, *names):
             app_args["default_model"] = names[0]
+    if args.model:
+        (only,) = app_args["models"]
+        only["name"] = args.model
+        app_args.pop("default_model", None)
     if args.allow_cpu_fallback:
         for m in app_args["models"]:
             m["allow_cpu_fallback"] = True
