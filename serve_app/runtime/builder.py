@@ -73,6 +73,7 @@ def build_frontend(
         },
         interval_s=config.routing.stats_interval_s,
         no_replica=models.caller.mark_unavailable,
+        replica_running=models.caller.mark_available,
     )
     backpressure = config.ingress.backpressure
     edge = EdgePolicy(

@@ -108,6 +108,10 @@ class ModelCaller:
             self.unavailable.discard(model)
             return result
 
+    def mark_available(self, model: str) -> None:
+        """Serve has a running replica of `model` again: calls get the full deadline."""
+        self.unavailable.discard(model)
+
     def mark_unavailable(self, model: str) -> None:
         self.unavailable.add(model)
         for waiter in self._waiting.pop(model, set()):

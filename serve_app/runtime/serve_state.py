@@ -45,7 +45,10 @@ class StatsPoller:
     stats); every 5 s `replica_counts()` (blocking; run in a thread: model -> running
     replicas). `no_replica(model)` is told of each model with none running: a model whose
     node died with no call in flight gives its waiting calls no error, and without this
-    they would wait out `model_calls.timeout_s`."""
+    they would wait out `model_calls.timeout_s`. `replica_running(model)` is told of each
+    model with one running again, and of each whose replica answered a stats poll: a mark
+    set while a model was still starting must not outlive it (a slow model whose calls
+    all exceed the failover deadline would otherwise never clear it)."""
 
     def __init__(
         self,
@@ -54,12 +57,14 @@ class StatsPoller:
         replica_counts: Callable[[], Mapping[str, int]] | None,
         interval_s: float,
         no_replica: Callable[[str], None] = lambda model: None,
+        replica_running: Callable[[str], None] = lambda model: None,
     ):
         self.board = board
         self.fetch = fetch
         self.replica_counts = replica_counts
         self.interval_s = interval_s
         self.no_replica = no_replica
+        self.replica_running = replica_running
 
     async def _poll_model(self, model: str) -> None:
         sent_with = self.board.inflight_tokens[model]
@@ -68,6 +73,7 @@ class StatsPoller:
             self.board.update(model, snapshot, sent_with)
         except Exception:  # a busy or restarting replica: keep the last snapshot
             return
+        self.replica_running(model)
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -80,8 +86,7 @@ class StatsPoller:
                     counts = await asyncio.to_thread(self.replica_counts)
                     for model, n in counts.items():
                         self.board.replicas[model] = max(1, n)
-                        if n == 0:
-                            self.no_replica(model)
+                        (self.replica_running if n else self.no_replica)(model)
                 except Exception:
                     logger.debug("replica counts unavailable", exc_info=True)
             await asyncio.gather(*(self._poll_model(m) for m in self.board.models))

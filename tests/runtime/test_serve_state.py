@@ -66,3 +66,41 @@ def test_stats_poller_reports_models_with_no_running_replica():
     asyncio.run(scenario())
     assert told and set(told) == {TINY}
     assert board.replicas == {TINY: 1, L6: 2}
+
+
+def test_a_model_marked_while_starting_is_cleared_once_it_runs():
+    """Marked unavailable while its replica starts, a model whose calls all take longer
+    than the failover deadline could never clear the mark by a call: Serve reporting a
+    running replica (or the replica answering a stats poll) clears it."""
+    from serve_app.config import ModelCallSettings
+    from serve_app.runtime.model_client import ModelCaller
+
+    caller = ModelCaller(ModelCallSettings())
+    board = LoadBoard([TINY, L6])
+    counts = {TINY: 0, L6: 0}
+
+    async def scenario() -> None:
+        poller = StatsPoller(
+            board,
+            fetch=lambda model: asyncio.sleep(3600),  # no stats answer: only counts tell
+            replica_counts=lambda: dict(counts),
+            interval_s=0.01,
+            no_replica=caller.mark_unavailable,
+            replica_running=caller.mark_available,
+        )
+        await poller_round(poller, lambda: caller.unavailable == {TINY, L6})
+        counts[L6] = 1
+        await poller_round(poller, lambda: caller.unavailable == {TINY})
+
+    asyncio.run(scenario())
+
+
+async def poller_round(poller: StatsPoller, done) -> None:
+    """Run `poller` from scratch until `done()` (replica counts are read on its first
+    round), then stop it."""
+    task = asyncio.get_running_loop().create_task(poller.run())
+    deadline = time.monotonic() + 30
+    while not done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    assert done()
