@@ -101,6 +101,7 @@ class ModelStatus:
     dtype: str | None
     backend: str | None  # "torch", "onnx" or "openvino"
     quantization: str | None  # "none" or "int8"
+    engine: dict  # all the replica reports of its engine (files, versions, attention kernels)
     replicas: int | None  # running; None when Serve's state is unknown
     replicas_starting: int | None
     metadata: dict  # catalog facts (aliases, architecture, published figures)

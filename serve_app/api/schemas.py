@@ -249,6 +249,11 @@ class ModelEntry(BaseModel):
     quantization: str | None = Field(
         None, description="`none`, or `int8` (scores differ slightly from fp32)."
     )
+    engine: dict = Field(
+        default_factory=dict,
+        description="What a replica reports of its engine: backend, file, runtime versions, "
+        "threads; on CUDA the attention kernels allowed and the cuDNN version.",
+    )
     replicas: int | None = Field(None, description="Replicas running now.")
     replicas_starting: int | None = Field(
         None, description="Replicas the autoscaler has added that are not running yet."
@@ -270,6 +275,7 @@ class ModelEntry(BaseModel):
             dtype=status.dtype,
             backend=status.backend,
             quantization=status.quantization,
+            engine=status.engine,
             replicas=status.replicas,
             replicas_starting=status.replicas_starting,
             **status.metadata,

@@ -106,6 +106,7 @@ class RerankService:
                     dtype=info.get("dtype"),
                     backend=info.get("backend"),
                     quantization=info.get("quantization"),
+                    engine={k: v for k, v in info.items() if k not in ("model", "source")},
                     replicas=state.get("RUNNING", 0) if state is not None else None,
                     replicas_starting=state.get("STARTING", 0) if state is not None else None,
                     metadata=self.catalog.cards[name].public_metadata(),

@@ -145,6 +145,7 @@ def test_models_endpoint_lists_metadata_and_labels_random_weights(url):
     assert l6["weights"] == "random" and l6["device"] == "cpu" and l6["dtype"] == "float32"
     # The default CPU backend: the fastest exact one installed, labelled.
     assert l6["backend"] == "onnx" and l6["quantization"] == "none"
+    assert l6["engine"]["file"] == "model.onnx" and l6["engine"]["onnxruntime"]
     assert l6["replicas"] == 1 and l6["replicas_starting"] == 0
     assert l6["ndcg10_trec_dl19"] == 74.30 and l6["v100_docs_per_s"] == 1800
     assert "cross-encoder/ms-marco-MiniLM-L-6-v2" in l6["aliases"]
