@@ -98,7 +98,11 @@ class EdgeMiddleware:
             await self.app(scope, receive, send_with_id)
         except RerankError as e:
             state["error_type"] = error_type(e)
-            await http_error(e)(scope, receive, send_with_id)
+            response = http_error(e)
+            if _announces_body(headers) and not state.get("body_read"):
+                # Refused before its body was read: close rather than wait for the rest.
+                response.headers["connection"] = "close"
+            await response(scope, receive, send_with_id)
         except Exception:  # the last line of defence: still our error shape, never a bare 500
             logging.getLogger("ray.serve").exception("unhandled error")
             if response_started:
@@ -146,7 +150,9 @@ class EdgeMiddleware:
         deadline_s = None
         if policy.body_timeout_s is not None:
             deadline_s = policy.body_timeout_s - (time.perf_counter() - state["arrived"])
-        return await read_body(receive, headers, policy.max_body_bytes, deadline_s)
+        receive = await read_body(receive, headers, policy.max_body_bytes, deadline_s)
+        state["body_read"] = True
+        return receive
 
 
 # -- reading the body ----------------------------------------------------------------------
@@ -166,12 +172,14 @@ def strip_serve_control_headers(scope: Scope) -> None:
 def refuse_body(headers: dict[str, str], receive: Receive) -> Receive:
     """A public path (health probes, docs) takes no body: one announced is refused at once
     (413) and nothing is read, so an unauthenticated trickle cannot hold a slot."""
-    declared = headers.get("content-length")
-    if "transfer-encoding" in headers or (
-        declared is not None and declared.strip() not in ("", "0")
-    ):
+    if _announces_body(headers):
         raise RequestTooLarge("this path takes no request body")
     return _replay(b"", receive)
+
+
+def _announces_body(headers: dict[str, str]) -> bool:
+    declared = headers.get("content-length")
+    return "transfer-encoding" in headers or declared not in (None, "", "0")
 
 
 async def read_body(
