@@ -98,11 +98,7 @@ class EdgeMiddleware:
             await self.app(scope, receive, send_with_id)
         except RerankError as e:
             state["error_type"] = error_type(e)
-            response = http_error(e)
-            if _announces_body(headers) and not state.get("body_read"):
-                # Refused before its body was read: close rather than wait for the rest.
-                response.headers["connection"] = "close"
-            await response(scope, receive, send_with_id)
+            await http_error(e)(scope, receive, send_with_id)
         except Exception:  # the last line of defence: still our error shape, never a bare 500
             logging.getLogger("ray.serve").exception("unhandled error")
             if response_started:
@@ -150,9 +146,7 @@ class EdgeMiddleware:
         deadline_s = None
         if policy.body_timeout_s is not None:
             deadline_s = policy.body_timeout_s - (time.perf_counter() - state["arrived"])
-        receive = await read_body(receive, headers, policy.max_body_bytes, deadline_s)
-        state["body_read"] = True
-        return receive
+        return await read_body(receive, headers, policy.max_body_bytes, deadline_s)
 
 
 # -- reading the body ----------------------------------------------------------------------
