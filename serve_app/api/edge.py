@@ -149,7 +149,7 @@ class EdgeMiddleware:
         return await read_body(receive, headers, policy.max_body_bytes, deadline_s)
 
 
-# -- reading the body ----------------------------------------------------------------------
+# -- reading the request: control headers, the body, per-key slots ---------------------
 
 # Serve's proxy reads these to lift its request timeout and disconnect handling for one
 # request: a client must not choose that. Stripped here and, where the proxy runs
