@@ -29,7 +29,9 @@ def canonical_model_name(name: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Errors name the field and the rule, not the value: a raw API key pasted where its hash
+    # belongs must not reach a log (the outermost model's setting decides, so every one).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class AutoscalingSettings(_Strict):
@@ -215,6 +217,13 @@ class IngressConfig(_Placement):
         "(the backpressure status, Retry-After) in the JSON error shape. Must be below "
         "max_ongoing_requests, which leaves room for health probes; default: 15/16 of it.",
     )
+    max_in_flight_per_key: int | None = Field(
+        None,
+        ge=1,
+        description="API requests one key may have in flight on one ingress replica; beyond "
+        "it 429 `rate_limited`, so one key (a slow sender, a runaway client) cannot take every "
+        "slot. Default: half of the admission limit. Not applied when auth is off.",
+    )
     autoscaling: AutoscalingSettings = AutoscalingSettings(
         min_replicas=1, max_replicas=1, target_ongoing_requests=64
     )
@@ -236,6 +245,10 @@ class IngressConfig(_Placement):
     @property
     def admission_limit(self) -> int:
         return self.max_in_flight or max(1, self.max_ongoing_requests * 15 // 16)
+
+    @property
+    def per_key_limit(self) -> int:
+        return self.max_in_flight_per_key or max(1, self.admission_limit // 2)
 
 
 TINYBERT_L2 = "cross-encoder/ms-marco-TinyBERT-L2-v2"
@@ -339,9 +352,31 @@ class AuthConfig(_Strict):
     default_quota: QuotaSettings = QuotaSettings()
 
 
+# The most documents any configuration may allow in one request. The request schemas carry
+# it as a static bound, so an oversized list fails before one of its items is validated.
+DOCUMENTS_CEILING = 10_000
+
+
 class LimitsConfig(_Strict):
-    max_documents_per_request: int = Field(1000, ge=1)
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    max_documents_per_request: int = Field(1000, ge=1, le=DOCUMENTS_CEILING)
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Larger bodies get 413. The default fits 1,000 documents of a model "
+        "window each (512 tokens: about 4 KiB of JSON, escapes included).",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="The whole body must arrive within this many seconds of the request "
+        "reaching the ingress, or 408: a slow sender cannot hold a slot for longer.",
+    )
+    max_document_chars: int = Field(
+        32_768,
+        ge=1,
+        description="Longer documents are rejected (422). Only a document's first model "
+        "window (512 tokens) is scored; the rest is cut before tokenizing.",
+    )
     max_query_chars: int = Field(
         8192,
         ge=1,

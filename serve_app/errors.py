@@ -26,7 +26,11 @@ class InvalidJSON(RerankError):
 
 
 class RequestTooLarge(RerankError):
-    """The body exceeds `limits.max_body_bytes`."""
+    """The body exceeds `limits.max_body_bytes`, or a path that takes none has one."""
+
+
+class RequestTimeout(RerankError):
+    """The body did not arrive within `limits.body_timeout_s`."""
 
 
 class Unauthorized(RerankError):

@@ -14,7 +14,8 @@ CONFIGS = sorted((Path(__file__).parent.parent / "deployments").glob("*.yaml"))
 
 
 def serve_configs() -> list[Path]:
-    return [p for p in CONFIGS if "applications" in yaml.safe_load(p.read_text())]
+    # Serve configs are one document; Kubernetes manifests may hold several.
+    return [p for p in CONFIGS if "applications" in next(yaml.safe_load_all(p.read_text()))]
 
 
 @pytest.mark.parametrize("path", serve_configs(), ids=lambda p: p.name)

@@ -1,6 +1,7 @@
 """The HTTP edge, as one pure ASGI middleware in front of every route: request ids, the
-in-flight limit, the body size limit, API-key authentication, and per request one
-structured access-log line and one observation (route, status, error type, duration).
+in-flight limits (per replica, per key), API-key authentication, reading the body (size
+limit, deadline; none on public paths), and per request one structured access-log line and
+one observation (route, status, error type, duration).
 No Ray: unit tests drive it with a plain Starlette app.
 
 Access logs carry ids, sizes, statuses and timings, never a key, a query or a document.
@@ -8,6 +9,7 @@ Access logs carry ids, sizes, statuses and timings, never a key, a query or a do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -18,9 +20,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.api.errors import error_response, error_type, http_error
-from serve_app.errors import Overloaded, RequestTooLarge, RerankError
+from serve_app.errors import Overloaded, RateLimited, RequestTimeout, RequestTooLarge, RerankError
 from serve_app.observer import AccessRecord, NullObserver, Observer
-from serve_app.service.auth import Authenticator
+from serve_app.service.auth import ANONYMOUS, Authenticator
 
 REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_NAME = re.compile(r"^[A-Za-z0-9._:/+=-]{1,64}$")
@@ -44,6 +46,10 @@ class EdgePolicy:
     max_in_flight: int | None = None
     overload_throttles: bool = False  # answer overload as 429 (`backpressure.status_code`)
     retry_after_s: float = 1.0
+    # The whole body must arrive within this (from the request's arrival), or 408.
+    body_timeout_s: float | None = None
+    # API requests one key may have in flight here; beyond it 429 (auth off: not applied).
+    max_in_flight_per_key: int | None = None
 
 
 class EdgeMiddleware:
@@ -51,12 +57,14 @@ class EdgeMiddleware:
         self.app = app
         self.policy = policy
         self.in_flight = 0  # admitted API requests not yet finished (one event loop: no lock)
+        self.per_key = KeySlots(policy.max_in_flight_per_key, policy.retry_after_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        strip_serve_control_headers(scope)
         headers = _headers(scope)
         policy = self.policy
         # Serve's proxy already echoes the client's x-request-id (or makes one), puts it on
@@ -101,6 +109,7 @@ class EdgeMiddleware:
         finally:
             if counted:
                 self.in_flight -= 1
+            self.per_key.release(state.pop("key_slot", None))
             path = scope.get("path", "")
             principal = state.get("principal")
             record = AccessRecord(
@@ -125,26 +134,114 @@ class EdgeMiddleware:
         policy: EdgePolicy,
         state: dict[str, Any],
     ) -> Receive:
-        """Authenticate, then read the body within the limit; returns a `receive` that
-        replays it. Raises `Unauthorized`, `RequestTooLarge`."""
-        if scope.get("path") not in policy.public_paths:
-            state["principal"] = policy.authenticator.authenticate(headers.get("authorization"))
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > policy.max_body_bytes:
-            raise _too_large(policy.max_body_bytes)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return _replay(b"".join(chunks), receive, first=message)
-            body = message.get("body", b"")
-            size += len(body)
-            if size > policy.max_body_bytes:
-                raise _too_large(policy.max_body_bytes)
-            chunks.append(body)
-            if not message.get("more_body", False):
-                return _replay(b"".join(chunks), receive)
+        """Authenticate and take a slot of the key's, then read the body within the limit
+        and the deadline; returns a `receive` that replays it. Raises `Unauthorized`,
+        `RateLimited`, `RequestTooLarge`, `RequestTimeout`."""
+        if scope.get("path") in policy.public_paths:
+            return refuse_body(headers, receive)
+        principal = policy.authenticator.authenticate(headers.get("authorization"))
+        state["principal"] = principal
+        if principal.key_id != ANONYMOUS:
+            state["key_slot"] = self.per_key.acquire(principal.key_id)
+        deadline_s = None
+        if policy.body_timeout_s is not None:
+            deadline_s = policy.body_timeout_s - (time.perf_counter() - state["arrived"])
+        return await read_body(receive, headers, policy.max_body_bytes, deadline_s)
+
+
+# -- reading the request: control headers, the body, per-key slots ---------------------
+
+# Serve's proxy reads these to lift its request timeout and disconnect handling for one
+# request: a client must not choose that. Stripped here and, where the proxy runs
+# `serve_app.api.proxy_headers`, before the proxy reads them.
+SERVE_CONTROL_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
+
+
+def strip_serve_control_headers(scope: Scope) -> None:
+    headers = scope.get("headers", [])
+    if any(name.lower() in SERVE_CONTROL_HEADERS for name, _ in headers):
+        scope["headers"] = [(n, v) for n, v in headers if n.lower() not in SERVE_CONTROL_HEADERS]
+
+
+def refuse_body(headers: dict[str, str], receive: Receive) -> Receive:
+    """A public path (health probes, docs) takes no body: one announced is refused at once
+    (413) and nothing is read, so an unauthenticated trickle cannot hold a slot."""
+    if _announces_body(headers):
+        raise RequestTooLarge("this path takes no request body")
+    return _replay(b"", receive)
+
+
+def _announces_body(headers: dict[str, str]) -> bool:
+    declared = headers.get("content-length")
+    return "transfer-encoding" in headers or declared not in (None, "", "0")
+
+
+async def read_body(
+    receive: Receive, headers: dict[str, str], max_bytes: int, deadline_s: float | None
+) -> Receive:
+    """The whole body, at most `max_bytes`, arrived within `deadline_s` (None: no deadline);
+    returns a `receive` that replays it. A declared length over the limit is refused
+    before a byte is read."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    if deadline_s is None:
+        return await _read_body(receive, max_bytes)
+    try:
+        return await asyncio.wait_for(_read_body(receive, max_bytes), max(0.0, deadline_s))
+    except asyncio.TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
+
+
+async def _read_body(receive: Receive, max_bytes: int) -> Receive:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return _replay(b"".join(chunks), receive, first=message)
+        body = message.get("body", b"")
+        size += len(body)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return _replay(b"".join(chunks), receive)
+
+
+class KeySlots:
+    """In-flight requests per API key on this replica, so that one key cannot take every
+    slot of the replica's admission limit. One event loop: no lock."""
+
+    def __init__(self, limit: int | None, retry_after_s: float):
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.counts: dict[str, int] = {}
+
+    def acquire(self, key_id: str) -> str | None:
+        """Take a slot for `key_id` (release it with what this returns); raises
+        `RateLimited` when the key holds them all."""
+        if self.limit is None:
+            return None
+        held = self.counts.get(key_id, 0)
+        if held >= self.limit:
+            raise RateLimited(
+                f"this key has {held} requests in flight on this server, its limit; "
+                "retry after the time in Retry-After",
+                retry_after_s=self.retry_after_s,
+            )
+        self.counts[key_id] = held + 1
+        return key_id
+
+    def release(self, key_id: str | None) -> None:
+        if key_id is None:
+            return
+        held = self.counts.pop(key_id) - 1
+        if held:
+            self.counts[key_id] = held
+
+
+# -- the rest ---------------------------------------------------------------------------
 
 
 def _observe_safely(observer: Observer, record: AccessRecord) -> None:

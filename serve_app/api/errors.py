@@ -27,7 +27,10 @@ ERROR_TABLE: dict[type[errors.RerankError], HTTPError] = {
     errors.BudgetUnsatisfiable: HTTPError(400, "budget_unsatisfiable"),
     errors.Unauthorized: HTTPError(401, "unauthorized", {"WWW-Authenticate": "Bearer"}),
     errors.ModelNotFound: HTTPError(404, "model_not_found"),
-    errors.RequestTooLarge: HTTPError(413, "request_too_large"),
+    # Both leave a body unread, maybe a large or endless one: the connection is closed
+    # rather than waited on. Other refusals keep it (no reconnect storm under overload).
+    errors.RequestTimeout: HTTPError(408, "request_timeout", {"Connection": "close"}),
+    errors.RequestTooLarge: HTTPError(413, "request_too_large", {"Connection": "close"}),
     errors.InvalidRequest: HTTPError(422, "invalid_request", prefix_param=True),
     # A quota's wait is at least a second: `Retry-After: 0` would invite a retry storm.
     errors.RateLimited: HTTPError(429, "rate_limited", min_retry_after_s=1),

@@ -9,7 +9,9 @@ internal `serve_app.types`, in one place. Nothing here leaks inward.
   `return_text`, `truncate`; answers a bare array of `{index, score, text?}`.
 
 Validation happens here: strict JSON types, so `"top_n": "5"` or `"query": 42` is a
-precise 422 rather than a silent coercion.
+precise 422 rather than a silent coercion. A document list is bounded (`max_length`, checked
+before any item) and stops at its first bad item (`fail_fast`): a body of millions of
+non-documents costs one error, not millions.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from serve_app import types
+from serve_app.config import DOCUMENTS_CEILING
 
 DOCUMENTS_PER_SEARCH_UNIT = 100  # Cohere: one search unit is a query with up to 100 documents
 
@@ -75,7 +78,10 @@ class RerankRequest(BaseModel):
     )
     query: StrictStr
     documents: list[DocumentInput] = Field(
-        min_length=1, description='Strings or `{"text": ...}` objects; empty strings are scored.'
+        min_length=1,
+        max_length=DOCUMENTS_CEILING,
+        fail_fast=True,
+        description='Strings or `{"text": ...}` objects; empty strings are scored.',
     )
     top_n: StrictInt | None = Field(None, ge=1, description="Return only the best `top_n`.")
     return_documents: StrictBool = True
@@ -200,7 +206,12 @@ class TEIRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     query: StrictStr
-    texts: list[StrictStr] = Field(min_length=1, description="Empty strings are scored.")
+    texts: list[StrictStr] = Field(
+        min_length=1,
+        max_length=DOCUMENTS_CEILING,
+        fail_fast=True,
+        description="Empty strings are scored.",
+    )
     raw_scores: StrictBool = Field(False, description="The logit instead of its sigmoid.")
     return_text: StrictBool = Field(False, description="Add each text to its result.")
     truncate: StrictBool | None = Field(

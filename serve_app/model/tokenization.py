@@ -14,19 +14,22 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
-from tokenizers import Tokenizer, normalizers
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from transformers import AutoConfig, AutoTokenizer
 
 from serve_app.config import ModelDeploymentConfig
 from serve_app.model.checkpoints import ensure_checkpoint
 from serve_app.observer import NullObserver, Observer
+
+T = TypeVar("T")
 
 MIN_DOCUMENT_TOKENS = 8
 ENCODE_SLICE_DOCS = 32  # documents per tokenizer call; more run as parallel slices
@@ -51,6 +54,50 @@ def fixed_truncation_backend(tokenizer, max_length: int) -> Tokenizer:
     backend.no_padding()
     backend.enable_truncation(max_length)
     return backend
+
+
+# A document is cut to this many characters per token of the window before it is tokenized:
+# prose runs 4 to 6 characters a token, so the cut almost never loses a token that would be
+# kept, and when it might (long words, runs of spaces) the whole text is tokenized instead.
+WINDOW_CHARS_PER_TOKEN = 16
+
+
+def cuts_exactly(backend: Tokenizer) -> bool:
+    """Whether cutting text at a space keeps its tokens a prefix of the whole text's: BERT's
+    pre-tokenizer splits words at spaces, and its normaliser (or the plain-text one) works
+    character by character, so the words before a space tokenize alike either way."""
+    return isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer) and isinstance(
+        backend.normalizer, (normalizers.BertNormalizer, normalizers.Lowercase, type(None))
+    )
+
+
+def window_prefix(text: str, tokens: int) -> str:
+    """`text` cut at the last space within `tokens * WINDOW_CHARS_PER_TOKEN` characters;
+    `text` itself when it is shorter or has no space there. Only a prefix that still holds
+    `tokens` tokens may stand for the whole text (see `cuts_exactly`)."""
+    limit = tokens * WINDOW_CHARS_PER_TOKEN
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit + 1)
+    return text[:cut] if cut > 0 else text
+
+
+def encode_windows(backend: Tokenizer, texts: list[str], tokens: int, offsets: bool = False):
+    """`backend`'s encodings of `texts` where only the first `tokens` tokens are used:
+    each long text is tokenized from its `window_prefix`, and again whole only when that
+    prefix came up short. The same tokens as tokenizing every text whole; `offsets`: with
+    character offsets (`encode_batch`), else without (`encode_batch_fast`)."""
+    encode = backend.encode_batch if offsets else backend.encode_batch_fast
+    if not cuts_exactly(backend):
+        return encode(texts, add_special_tokens=False)
+    cut = [window_prefix(t, tokens) for t in texts]
+    encoded = encode(cut, add_special_tokens=False)
+    short = [i for i, (c, t) in enumerate(zip(cut, texts)) if c is not t]
+    short = [i for i in short if len(encoded[i].ids) < tokens]
+    if short:
+        for i, e in zip(short, encode([texts[i] for i in short], add_special_tokens=False)):
+            encoded[i] = e
+    return encoded
 
 
 def plain_text_backend(backend: Tokenizer) -> Tokenizer | None:
@@ -155,11 +202,11 @@ class PairEncoder:
             plain = self._plain_documents is not None and _NOT_PLAIN.search(doc) is None
             groups.setdefault(self._plain_documents if plain else self._documents, []).append(i)
         ids: list[list[int]] = [[]] * len(documents)
+        window = self.max_length - 3  # both backends truncate there
         for backend, indices in groups.items():
-            # `_fast`: the same ids without character offsets, which nothing here reads.
-            encoded = backend.encode_batch_fast(
-                [documents[i] for i in indices], add_special_tokens=False
-            )
+            # Without character offsets (`_fast`), which nothing here reads; long documents
+            # cut to their first window first (a 1 MB text need not be tokenized whole).
+            encoded = encode_windows(backend, [documents[i] for i in indices], window)
             for i, e in zip(indices, encoded):
                 ids[i] = e.ids
         return ids
@@ -205,6 +252,11 @@ class PairEncoders:
                 distinct[key] = PairEncoder.from_pretrained(source, model.max_query_tokens)
             encoders[model.name] = distinct[key]
         return cls(encoders, threads, observer)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the tokenizer threads: other tokenizer work (Cohere's
+        `max_tokens_per_doc` cut) shares their bound rather than a pool of its own."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def same_encoding(self, a: str, b: str) -> bool:
         """Whether pairs encoded for model `a` are exactly what model `b` would get."""

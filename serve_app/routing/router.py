@@ -90,6 +90,16 @@ class Router:
             return await self._auto(request, texts, arrived)
         return await self._named(request, texts, arrived)
 
+    def documents_to_score(self, request: RerankRequest) -> int:
+        """Pairs this request will have scored, which quotas count: a cascade's first
+        stage scores every document and its second the kept ones again."""
+        n = len(request.texts)
+        if request.cascade is None and (request.model or "").strip().lower() != CASCADE:
+            return n
+        spec = request.cascade
+        keep = spec.keep if spec and spec.keep else self.cascade_defaults.keep
+        return n + min(keep, n)
+
     # -- the three routes -------------------------------------------------------------
 
     async def _named(

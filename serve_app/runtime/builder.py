@@ -9,6 +9,7 @@ FastAPI app over them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,12 @@ def build_frontend(
         max_in_flight=config.ingress.admission_limit,
         overload_throttles=backpressure.status_code == 429,
         retry_after_s=backpressure.retry_after_s,
+        body_timeout_s=config.limits.body_timeout_s,
+        max_in_flight_per_key=config.ingress.per_key_limit,
     )
-    app = create_app(service, edge, background=poller.run)
+
+    async def background() -> None:  # the stats poller and the readiness refresh
+        await asyncio.gather(poller.run(), service.readiness.run())
+
+    app = create_app(service, edge, background=background)
     return Frontend(app, service, models, poller)

@@ -5,7 +5,7 @@ hashed and compared with every stored hash through `hmac.compare_digest`, withou
 exit, so response time tells nothing about which hash came close.
 
     rerank-hash-key            # generate a new key; prints the key and its hash
-    rerank-hash-key --stdin    # hash an existing key read from stdin
+    rerank-hash-key --stdin    # hash an existing key read from stdin (warns if weak)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import sys
@@ -25,6 +26,23 @@ from serve_app.errors import Unauthorized
 
 ANONYMOUS = "anonymous"
 KEY_PREFIX = "rr-"
+MIN_KEY_BITS = 128
+
+
+def estimated_bits(key: str) -> float:
+    """An upper bound on a key's entropy: its length times the bits of the smallest
+    character classes (digits, lower, upper, other ASCII, anything else) it draws from.
+    A key with less than this is guessable however it was made; one with more may still be."""
+    classes = [
+        (str.isdigit, 10),
+        (str.islower, 26),
+        (str.isupper, 26),
+        (lambda c: c.isascii() and not c.isalnum(), 33),
+    ]
+    alphabet = sum(size for test, size in classes if any(test(c) for c in key if c.isascii()))
+    if any(not c.isascii() for c in key):
+        alphabet += 1000  # generous: some non-ASCII script
+    return len(key) * math.log2(max(alphabet, 2))
 
 
 def hash_key(key: str) -> str:
@@ -102,6 +120,14 @@ def main(argv: list[str] | None = None) -> None:
         key = sys.stdin.readline().strip()
         if not key:
             parser.error("no key on stdin")
+        bits = estimated_bits(key)
+        if bits < MIN_KEY_BITS:
+            print(
+                f"warning: this key has at most about {bits:.0f} bits of entropy, below "
+                f"{MIN_KEY_BITS}: a guessable key; `rerank-hash-key` without --stdin makes "
+                "a strong one",
+                file=sys.stderr,
+            )
     else:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         print(f"key (give to the client, store nowhere else): {key}")

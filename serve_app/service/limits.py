@@ -23,6 +23,14 @@ def check_limits(limits: LimitsConfig, request: RerankRequest) -> None:
         raise InvalidRequest(
             f"{len(query)} characters exceed the limit of {limits.max_query_chars}", "query"
         )
+    longest = max(range(len(texts)), key=lambda i: len(texts[i]), default=None)
+    if longest is not None and len(texts[longest]) > limits.max_document_chars:
+        raise InvalidRequest(
+            f"{len(texts[longest])} characters exceed the limit of "
+            f"{limits.max_document_chars} per document; only a document's first 512 tokens "
+            "are scored, so cut it (or split it) before sending",
+            f"documents.{longest}",
+        )
     top_n = request.top_n
     if limits.max_top_n is not None and top_n is not None and top_n > limits.max_top_n:
         raise InvalidRequest(f"must be at most {limits.max_top_n}", "top_n")

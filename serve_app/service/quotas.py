@@ -31,6 +31,11 @@ class TokenBucket:
             return 0.0
         return (amount - self.tokens) / self.rate
 
+    def retune(self, rate_per_s: float, capacity: float, now: float) -> None:
+        self._refill(now)
+        self.rate, self.capacity = rate_per_s, capacity
+        self.tokens = min(self.tokens, capacity)
+
     def take(self, amount: float) -> None:
         self.tokens -= amount
 
@@ -87,6 +92,11 @@ class QuotaBook:
         book: dict[str, TokenBucket], key_id: str, rate: float, capacity: float, now: float
     ) -> TokenBucket:
         bucket = book.get(key_id)
-        if bucket is None or bucket.rate != rate or bucket.capacity != capacity:
+        if bucket is None:
             bucket = book[key_id] = TokenBucket(rate, capacity, now)
+        elif bucket.rate != rate or bucket.capacity != capacity:
+            # New limits (a rollout: old and new ingress replicas alternate) keep what is
+            # left, refilled at the old rate until now and capped at the new capacity, so
+            # alternating limits never hand out a full bucket again.
+            bucket.retune(rate, capacity, now)
         return bucket

@@ -20,6 +20,7 @@ from serve_app.service.auth import Principal
 from serve_app.service.limits import check_limits
 from serve_app.service.ports import Ledger, ModelBackend
 from serve_app.service.quotas import never_admitted
+from serve_app.service.readiness import ReadinessCache
 from serve_app.service.truncation import DocumentTruncator
 from serve_app.service.usage import RecordBatcher, UsageRecord
 from serve_app.types import ModelStatus, RerankRequest, RerankResult
@@ -46,6 +47,7 @@ class RerankService:
         self.recorder = RecordBatcher(ledger.record)
         self.truncator = DocumentTruncator()
         self.deployments = {m.name: m.short_name for m in config.models}
+        self.readiness = ReadinessCache(self._not_ready_now)
 
     async def rerank(
         self, request: RerankRequest, caller: Principal, arrived: float | None = None
@@ -53,10 +55,12 @@ class RerankService:
         """`arrived`: `time.perf_counter()` when the request reached the edge; a latency
         budget counts from then."""
         check_limits(self.config.limits, request)
-        await self._admit(caller, len(request.texts))
+        # What will be scored: a cascade scores its kept documents twice.
+        await self._admit(caller, self.router.documents_to_score(request))
         texts = request.texts
         if request.max_tokens_per_doc is not None:
-            texts = await asyncio.to_thread(
+            # On the tokenizer threads: bounded, like all tokenization in this process.
+            texts = await self.router.encoders.run(
                 self.truncator.truncate, texts, request.max_tokens_per_doc
             )
         result = await self.router.rerank(request, texts, arrived)
@@ -115,13 +119,17 @@ class RerankService:
         return out
 
     async def check_ready(self) -> list[str]:
-        """The served models, once every one answers; raises `NotReady` naming the rest."""
-        names = self.config.enabled_models
-        infos = await asyncio.gather(*(self._describe(n) for n in names))
-        not_ready = [n for n, info in zip(names, infos) if not info]
+        """The served models, once every one answers; raises `NotReady` naming the rest.
+        From the background-refreshed value (`readiness`): a probe makes no model call."""
+        not_ready = await self.readiness.not_ready()
         if not_ready:
             raise NotReady(f"models not ready: {', '.join(not_ready)}", retry_after_s=1)
-        return names
+        return self.config.enabled_models
+
+    async def _not_ready_now(self) -> list[str]:
+        names = self.config.enabled_models
+        infos = await asyncio.gather(*(self._describe(n) for n in names))
+        return [n for n, info in zip(names, infos) if not info]
 
     def routing_state(self) -> dict:
         """What budget routing sees now: per-model measured rate, queue and stats age;

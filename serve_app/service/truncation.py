@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from serve_app.model.checkpoints import tokenizer_dir
-from serve_app.model.tokenization import fixed_truncation_backend
+from serve_app.model.tokenization import encode_windows, fixed_truncation_backend
 
 
 class DocumentTruncator:
@@ -35,9 +35,9 @@ class DocumentTruncator:
         if max_tokens >= self.model_max_length:
             return texts  # the engine cuts pairs at the model's length anyway
         out = []
-        for text, encoding in zip(
-            texts, self._backend.encode_batch(texts, add_special_tokens=False)
-        ):
+        # A text with more than `max_tokens` tokens is cut; only its start is tokenized.
+        encodings = encode_windows(self._backend, texts, max_tokens + 1, offsets=True)
+        for text, encoding in zip(texts, encodings):
             offsets = encoding.offsets
             out.append(text[: offsets[max_tokens - 1][1]] if len(offsets) > max_tokens else text)
         return out

@@ -21,11 +21,19 @@ from serve_app.observer import AccessRecord
 from serve_app.service.auth import Authenticator, hash_key
 
 KEY = "rr-secret-key"
+BOB_KEY = "rr-bob-key"
 
 
 def auth_config(**kw) -> AuthConfig:
     return AuthConfig.model_validate(
-        {"enabled": True, "keys": [{"id": "alice", "sha256": hash_key(KEY)}], **kw}
+        {
+            "enabled": True,
+            "keys": [
+                {"id": "alice", "sha256": hash_key(KEY)},
+                {"id": "bob", "sha256": hash_key(BOB_KEY)},
+            ],
+            **kw,
+        }
     )
 
 
@@ -42,6 +50,7 @@ def edge_app(
     max_body: int = 100,
     max_in_flight: int | None = None,
     gate: asyncio.Event | None = None,
+    max_in_flight_per_key: int | None = None,
 ) -> Starlette:
     async def hold(request: Request) -> JSONResponse:
         await gate.wait()
@@ -74,6 +83,7 @@ def edge_app(
         observer=Recorder(observed),
         max_in_flight=max_in_flight,
         retry_after_s=2,
+        max_in_flight_per_key=max_in_flight_per_key,
     )
     app = Starlette(
         routes=[
@@ -173,3 +183,128 @@ async def test_access_log_lines_never_hold_keys_or_text(caplog):
     text = "\n".join(caplog.messages)
     for secret in (KEY, "guessed-key", "private query", "secret"):
         assert secret not in text
+
+
+def bare_policy(**kw) -> EdgePolicy:
+    return EdgePolicy(
+        authenticator=Authenticator(auth_config(), environ={}),
+        max_body_bytes=1000,
+        public_paths=frozenset({"/healthz"}),
+        known_paths=frozenset({"/healthz", "/echo"}),
+        **kw,
+    )
+
+
+async def drive(policy: EdgePolicy, path: str, headers: dict[str, str], chunks: list[bytes]):
+    """One request through the edge with a client that sends `chunks` and then nothing,
+    ever (a slow sender). Returns the status, the JSON answer, what the app saw, and
+    how many times the edge asked for body."""
+    seen: dict = {}
+    reads = 0
+
+    async def app(scope, receive, send):
+        seen["headers"] = dict(scope["headers"])
+        seen["body"] = (await receive())["body"]
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    async def receive():
+        nonlocal reads
+        reads += 1
+        if reads <= len(chunks):
+            return {"type": "http.request", "body": chunks[reads - 1], "more_body": True}
+        await asyncio.Event().wait()  # the rest never comes
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    # Bounded: without a deadline the edge would wait for the body forever.
+    await asyncio.wait_for(EdgeMiddleware(app, policy)(scope, receive, send), 10)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), json.loads(body), seen, reads
+
+
+@pytest.mark.anyio
+async def test_public_paths_read_no_body_and_refuse_one_announced():
+    policy = bare_policy()
+    status, headers, body, _, reads = await drive(
+        policy, "/healthz", {"content-length": "16000000"}, [b"x"]
+    )
+    assert (status, body["error"]["type"], reads) == (413, "request_too_large", 0)
+    assert headers[b"connection"] == b"close"  # the rest is not waited for
+    status, _, body, seen, reads = await drive(policy, "/healthz", {}, [])
+    assert (status, body, seen["body"], reads) == (200, {"ok": True}, b"", 0)
+
+
+@pytest.mark.anyio
+async def test_a_body_that_does_not_arrive_in_time_is_a_408():
+    policy = bare_policy(body_timeout_s=0.05)
+    auth = {"authorization": f"Bearer {KEY}", "content-length": "500"}
+    status, headers, body, seen, _ = await drive(policy, "/echo", auth, [b"{", b'"a'])
+    assert (status, body["error"]["type"], seen) == (408, "request_timeout", {})
+    assert headers[b"connection"] == b"close"
+
+
+@pytest.mark.anyio
+async def test_client_sent_serve_control_headers_never_reach_the_app():
+    policy = bare_policy()
+    headers = {
+        "authorization": f"Bearer {KEY}",
+        "content-length": "2",
+        "x-request-timeout-seconds": "0",
+        "X-Request-Disconnect-Disabled": "?1",
+    }
+
+    async def one_chunk_then_done():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    seen: dict = {}
+
+    async def app(scope, receive, send):
+        seen.update(scope["headers"])
+        await JSONResponse({})(scope, receive, send)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/echo",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+
+    async def send(message):
+        pass
+
+    await EdgeMiddleware(app, policy)(scope, one_chunk_then_done, send)
+    assert b"authorization" in seen
+    assert b"x-request-timeout-seconds" not in seen
+    assert b"x-request-disconnect-disabled" not in seen
+
+
+@pytest.mark.anyio
+async def test_one_key_cannot_hold_more_than_its_share_of_slots():
+    observed: list[AccessRecord] = []
+    gate = asyncio.Event()
+    app = edge_app(observed, max_in_flight=4, gate=gate, max_in_flight_per_key=2)
+    alice = {"Authorization": f"Bearer {KEY}"}
+    async with await _client(app) as client:
+        held = [asyncio.create_task(client.get("/hold", headers=alice)) for _ in range(2)]
+        deadline = asyncio.get_running_loop().time() + 10
+        while (refused := await client.post("/echo", json={}, headers=alice)).status_code == 200:
+            assert asyncio.get_running_loop().time() < deadline, "held requests never admitted"
+            await asyncio.sleep(0)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["type"] == "rate_limited"
+        assert refused.headers["retry-after"] == "2"
+        bob = await client.post("/echo", json={}, headers={"Authorization": f"Bearer {BOB_KEY}"})
+        assert bob.status_code == 200  # another key still has room
+        gate.set()
+        assert [(await t).status_code for t in held] == [200, 200]
+        assert (await client.post("/echo", json={}, headers=alice)).status_code == 200

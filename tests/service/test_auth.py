@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,19 @@ from pydantic import ValidationError
 
 from serve_app.config import AppConfig, AuthConfig
 from serve_app.errors import Unauthorized
-from serve_app.service.auth import ANONYMOUS, Authenticator, hash_key, keys_from_env, main
+from serve_app.service.auth import (
+    ANONYMOUS,
+    KEY_PREFIX,
+    MIN_KEY_BITS,
+    Authenticator,
+    estimated_bits,
+    hash_key,
+    keys_from_env,
+    main,
+)
 
 KEY = "rr-secret-key"
+TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
 DEPLOYMENTS = Path(__file__).parents[2] / "deployments"
 
 
@@ -97,3 +108,30 @@ def test_production_configs_require_keys_and_the_demo_does_not():
         config = args(name)
         assert config.auth.enabled and config.auth.keys_env == "RERANK_API_KEYS"
         assert config.usage.journal_path
+
+
+def test_a_raw_key_given_for_its_hash_never_appears_in_the_error():
+    raw = "rr-this-is-the-raw-secret"
+    for variable in (f"team:{raw}", json.dumps([{"id": "team", "sha256": raw}])):
+        with pytest.raises(ValueError) as e:
+            keys_from_env("K", {"K": variable})
+        assert raw not in str(e.value) and "sha256" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        AppConfig.model_validate(
+            {"models": [{"name": TINY}], "auth": {"keys": [{"id": "team", "sha256": raw}]}}
+        )
+    assert raw not in str(e.value) and "auth.keys.0.sha256" in str(e.value)
+
+
+def test_hash_key_cli_warns_about_a_weak_key_only(monkeypatch, capsys):
+    import io
+
+    for weak in ("hunter2", "correct-horse-battery", KEY):
+        monkeypatch.setattr("sys.stdin", io.StringIO(weak + "\n"))
+        main(["--stdin"])
+        assert "warning" in capsys.readouterr().err
+    strong = KEY_PREFIX + secrets.token_urlsafe(32)
+    monkeypatch.setattr("sys.stdin", io.StringIO(strong + "\n"))
+    main(["--stdin"])
+    assert capsys.readouterr().err == ""
+    assert estimated_bits(strong) > MIN_KEY_BITS > estimated_bits("correct-horse-battery")

@@ -194,3 +194,17 @@ async def test_record_batcher_coalesces_concurrent_records_and_shares_failures()
         with pytest.raises(LedgerUnavailable):
             await task
     assert await batcher.record(record("after", 1)) is True  # the batcher keeps working
+
+
+def test_limits_that_alternate_in_a_rollout_never_refill_a_bucket():
+    """Old and new ingress replicas send different limits for one key, in turn: each
+    change keeps what is left rather than starting a full bucket."""
+    book, old, new = (
+        QuotaBook(),
+        QuotaSettings(requests_per_second=2),
+        QuotaSettings(requests_per_second=3),
+    )
+    admitted = sum(book.admit("k", (old, new)[i % 2], 1, now=0.0).allowed for i in range(20))
+    assert admitted == 2  # the first bucket's capacity; a reset per change admitted 20
+    # Time still refills, at the rate in force, up to the new capacity.
+    assert book.admit("k", new, 1, now=1.0).allowed
