@@ -355,9 +355,11 @@ def bench_http(args: argparse.Namespace) -> dict:
     import httpx
 
     bodies = _bodies(args, 200, seed=1)  # seed 1: the same requests as `engine` uses
-    served = _models(args.url).get(load_catalog_name(args.model), {})
+    served = next(
+        (m for m in _models(args.url).values() if args.model in (m["id"], *m["aliases"])), {}
+    )
     running = ":".join(x for x in (served.get("backend"), served.get("quantization")) if x)
-    if args.backend and not running.startswith(args.backend):
+    if getattr(args, "backend", None) and not running.startswith(args.backend):
         raise SystemExit(f"{args.model} runs {running or 'unknown'}, not {args.backend}")
     out: dict = {
         "machine": machine(),
