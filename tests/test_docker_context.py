@@ -53,10 +53,7 @@ def test_dockerignore_keeps_what_the_image_installs(tmp_path):
     context = build_context(tmp_path)
     assert {"Dockerfile", "pyproject.toml", "README.md", "serve_app/config.py"} <= context
     sources = [p for p in context if p.startswith("serve_app/")]
-    tracked = (
-        subprocess.run(
-            ["git", "ls-files", "serve_app"], cwd=ROOT, capture_output=True, text=True, check=True
-        )
-        .stdout.split()
-    )
+    tracked = subprocess.run(
+        ["git", "ls-files", "serve_app"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert set(tracked) <= set(sources)
