@@ -31,12 +31,29 @@ def test_serve_config_validates(path):
         assert len(config.enabled_models) == 5
 
 
-def test_one_gpu_config_fractions_fit_one_gpu():
-    raw = yaml.safe_load((Path(__file__).parent.parent / "deployments/gpu-1.yaml").read_text())
+def test_gpu_config_starts_on_one_gpu_and_scales_within_the_cluster_gpu_workers():
+    """The rule: sum(num_gpus * min_replicas) fits the one GPU a cluster starts with, and
+    sum(num_gpus * max_replicas) fits the GPUs the cluster's GPU worker group can add."""
+    root = Path(__file__).parent.parent
+    raw = yaml.safe_load((root / "deployments/gpu-1.yaml").read_text())
     config = AppConfig.model_validate(raw["applications"][0]["args"])
-    total = sum(m.num_gpus * m.autoscaling.max_replicas for m in config.models)
-    assert 0 < total <= 1.0
     assert all(m.num_gpus > 0 for m in config.models)
+    at_start = sum(m.num_gpus * m.autoscaling.min_replicas for m in config.models)
+    at_most = sum(m.num_gpus * m.autoscaling.max_replicas for m in config.models)
+    assert 0 < at_start <= 1.0
+    assert any(m.autoscaling.max_replicas > m.autoscaling.min_replicas for m in config.models)
+
+    launcher = yaml.safe_load((root / "cluster.yaml").read_text())
+    (gpu_group,) = [t for t in launcher["available_node_types"].values() if t["resources"]["GPU"]]
+    assert at_most <= gpu_group["max_workers"] * gpu_group["resources"]["GPU"]
+    # The manifest's first document is the RayService (a NetworkPolicy follows).
+    kuberay = next(yaml.safe_load_all((root / "deployments/kuberay-rayservice.yaml").read_text()))
+    (workers,) = kuberay["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (container,) = workers["template"]["spec"]["containers"]
+    gpus_per_pod = int(container["resources"]["limits"]["nvidia.com/gpu"])
+    assert at_most <= workers["maxReplicas"] * gpus_per_pod
+    # Scaling past the first GPU really needs another worker: the group can add one.
+    assert at_most > 1.0 and gpu_group["max_workers"] > gpu_group["min_workers"]
 
 
 def test_demo_config_uses_random_checkpoints_and_no_gpu():

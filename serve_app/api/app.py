@@ -19,7 +19,14 @@ from starlette.responses import JSONResponse, Response
 
 from serve_app import __version__
 from serve_app.api.edge import EdgeMiddleware, EdgePolicy
-from serve_app.api.errors import DOCUMENTED_STATUSES, error_response, error_type, http_error
+from serve_app.api.errors import (
+    DOCUMENTED_STATUSES,
+    FRAMEWORK_ERROR_TYPES,
+    FRAMEWORK_OTHER_TYPE,
+    error_response,
+    error_type,
+    http_error,
+)
 from serve_app.api.schemas import (
     CohereV2RerankRequest,
     ErrorResponse,
@@ -183,9 +190,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI's only 400 is a body json could not read at all (not UTF-8, a number past
         # int's digit limit, nesting past the recursion limit): still "not valid JSON".
-        kind = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "http_error"
-        )
+        kind = FRAMEWORK_ERROR_TYPES.get(exc.status_code, FRAMEWORK_OTHER_TYPE)
         request.state.error_type = kind
         return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.api.errors import error_response, error_type, http_error
+from serve_app.api.errors import INTERNAL_ERROR, error_response, error_type, http_error
 from serve_app.errors import Overloaded, RateLimited, RequestTimeout, RequestTooLarge, RerankError
 from serve_app.observer import AccessRecord, NullObserver, Observer
 from serve_app.service.auth import ANONYMOUS, Authenticator
@@ -103,8 +103,10 @@ class EdgeMiddleware:
             logging.getLogger("ray.serve").exception("unhandled error")
             if response_started:
                 raise
-            state["error_type"] = "internal_error"
-            response = error_response(500, "internal_error", "internal server error")
+            state["error_type"] = INTERNAL_ERROR.type
+            response = error_response(
+                INTERNAL_ERROR.status, INTERNAL_ERROR.type, "internal server error"
+            )
             await response(scope, receive, send_with_id)
         finally:
             if counted:

@@ -40,6 +40,27 @@ ERROR_TABLE: dict[type[errors.RerankError], HTTPError] = {
     errors.NotReady: HTTPError(503, "not_ready"),
     errors.ModelTimeout: HTTPError(504, "model_timeout"),
 }
+# Refusals the web framework raises itself (Starlette's HTTPException), by status: its only
+# 400 is a body it could not read as JSON. Any other status gets FRAMEWORK_OTHER_TYPE.
+FRAMEWORK_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_json",
+    404: "not_found",
+    405: "method_not_allowed",
+}
+FRAMEWORK_OTHER_TYPE = "http_error"
+# A bug caught at the edge: still this shape, never a bare 500.
+INTERNAL_ERROR = HTTPError(500, "internal_error")
+
+
+def error_types() -> set[str]:
+    """Every `error.type` an answer of this app can carry."""
+    return (
+        {row.type for row in ERROR_TABLE.values()}
+        | set(FRAMEWORK_ERROR_TYPES.values())
+        | {FRAMEWORK_OTHER_TYPE, INTERNAL_ERROR.type}
+    )
+
+
 # Statuses the rerank routes document in OpenAPI.
 DOCUMENTED_STATUSES = sorted({e.status for e in ERROR_TABLE.values()} | {429, 500})
 

@@ -8,6 +8,8 @@ import asyncio
 import copy
 import functools
 import gzip
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig
+from serve_app.service.auth import Authenticator, hash_key
 
 ROOT = Path(__file__).parents[2]
 
@@ -179,7 +182,7 @@ def test_kuberay_manifest_passes_kuberays_schema_and_closes_the_control_plane():
     assert cluster["authOptions"] == {"mode": "token"}  # Ray token authentication
     head = cluster["headGroupSpec"]["template"]
     ports = {p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
-    assert ports == {6379, 8265, 8000}  # no Ray client port (10001)
+    assert ports == {6379, 8265, 8000, 8080}  # no Ray client port (10001)
     pods = {"app.kubernetes.io/part-of": "rerank-serve"}
     groups = [head] + [g["template"] for g in cluster["workerGroupSpecs"]]
     assert all(t["metadata"]["labels"] == pods for t in groups)
@@ -203,6 +206,11 @@ def test_kuberay_manifest_passes_kuberays_schema_and_closes_the_control_plane():
     (only_operator,) = dashboard
     assert only_operator["from"][0]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/name": "kuberay-operator"
+    }
+    metrics = [r for r in policy["ingress"] if {p["port"] for p in r.get("ports", [])} == {8080}]
+    (only_prometheus,) = metrics
+    assert only_prometheus["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "prometheus"
     }
     # Everything else (GCS 6379 and the rest) only from this cluster's own pods.
     (internal,) = [r for r in policy["ingress"] if "ports" not in r]
@@ -257,3 +265,55 @@ def test_serve_proxies_accept_the_header_stripping_middleware():
     assert b"host" in seen
     assert b"x-request-timeout-seconds" not in seen
     assert b"x-request-disconnect-disabled" not in seen
+
+
+def head_start_keys_prefix() -> str:
+    """The head's `ray start` command up to `ray start`: what sets RERANK_API_KEYS."""
+    (start,) = [c for c in load("cluster.yaml")["head_start_ray_commands"] if "ray start" in c]
+    return start.split("ray start")[0]
+
+
+def run_head_prefix(home: Path) -> subprocess.CompletedProcess:
+    script = head_start_keys_prefix() + 'printf %s "$RERANK_API_KEYS"'
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+
+
+def test_cluster_yaml_delivers_key_hashes_to_the_head_ingress(tmp_path):
+    """`ray up` copies ~/.rerank-api-keys to the head (file_mounts), and the head's start
+    command turns it into the variable gpu-1.yaml's auth reads; the ingress's
+    Authenticator accepts the keys that come out of it."""
+    raw = load("cluster.yaml")
+    (application,) = load("deployments/gpu-1.yaml")["applications"]
+    auth = AppConfig.model_validate(application["args"]).auth
+    assert auth.enabled and auth.keys_env == "RERANK_API_KEYS" and not auth.keys
+    assert raw["file_mounts"]["~/.rerank-api-keys"] == "~/.rerank-api-keys"
+    assert "export RERANK_API_KEYS=" in head_start_keys_prefix()
+
+    # The start command itself, run with a home holding the mounted file (one line per key,
+    # a trailing blank line as editors leave it).
+    (tmp_path / ".rerank-api-keys").write_text(
+        f"team-a:{hash_key('key-a')}\nteam-b:{hash_key('key-b')}\n\n"
+    )
+    done = run_head_prefix(tmp_path)
+    assert done.returncode == 0, done.stderr
+    authenticator = Authenticator(auth, environ={"RERANK_API_KEYS": done.stdout})
+    assert authenticator.authenticate("Bearer key-a").key_id == "team-a"
+    assert authenticator.authenticate("Bearer key-b").key_id == "team-b"
+
+
+def test_cluster_yaml_head_stops_before_ray_starts_without_key_hashes(tmp_path):
+    done = run_head_prefix(tmp_path)  # no ~/.rerank-api-keys
+    assert done.returncode != 0 and "API key" in done.stderr
+    (tmp_path / ".rerank-api-keys").write_text("\n")
+    assert run_head_prefix(tmp_path).returncode != 0
+
+
+def test_kuberay_head_reads_key_hashes_from_the_documented_secret():
+    manifest = kuberay_documents()["RayService"]
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    (container,) = head["containers"]
+    (env,) = [e for e in container["env"] if e["name"] == "RERANK_API_KEYS"]
+    ref = env["valueFrom"]["secretKeyRef"]
+    readme = (ROOT / "README.md").read_text()
+    assert f"kubectl create secret generic {ref['name']} --from-literal={ref['key']}=" in readme
