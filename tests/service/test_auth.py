@@ -96,4 +96,4 @@ def test_production_configs_require_keys_and_the_demo_does_not():
     for name in ("gpu-1.yaml", "local-cpu.yaml"):
         config = args(name)
         assert config.auth.enabled and config.auth.keys_env == "RERANK_API_KEYS"
-        assert config.usage.journal_path
+        assert config.usage.store == ("postgres" if name == "gpu-1.yaml" else "sqlite")
