@@ -128,3 +128,15 @@ async def test_a_locked_sqlite_file_is_unavailable_not_an_error_and_then_recover
     assert await s.insert([record("b"), record("a")]) == [True, False]
     assert (await s.usage("alice"))["requests"] == 2
     await s.close()
+
+
+def test_postgres_takes_its_dsn_from_the_environment_only():
+    from serve_app.config import UsageConfig
+    from serve_app.storage import open_store
+    from serve_app.storage.postgres import PostgresUsageStore
+
+    config = UsageConfig(store="postgres", postgres_dsn_env="MY_USAGE_DSN")
+    with pytest.raises(ValueError, match=r"\$MY_USAGE_DSN is not set"):
+        open_store(config, environ={})
+    store = open_store(config, environ={"MY_USAGE_DSN": "postgresql://u@127.0.0.1:1/db"})
+    assert isinstance(store, PostgresUsageStore)  # connects on first use, not here
