@@ -57,6 +57,7 @@ class PostgresUsageStore(UsageStore):
             timeout=timeout_s,  # waiting for a connection: then StoreUnavailable (a 503)
             check=AsyncConnectionPool.check_connection,  # drop one that died while idle
             kwargs={"autocommit": True, "connect_timeout": max(1, math.ceil(timeout_s))},
+            configure=self._configure,
         )
         self._opened = False
         self._migrated = False
@@ -108,6 +109,11 @@ class PostgresUsageStore(UsageStore):
         if self._opened:
             self._opened = False
             await self._pool.close()
+
+    async def _configure(self, conn: psycopg.AsyncConnection) -> None:
+        # A statement stuck on a lock or a sick server fails (503) instead of hanging.
+        timeout_ms = str(max(1, round(self._timeout_s * 1000)))
+        await conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout_ms,))
 
     async def _with_connection(self, attempt):
         """`attempt(conn)`, retried once on a fresh connection if the first one broke."""

@@ -164,3 +164,16 @@ async def _server_up() -> bool:
             return True
     except psycopg.OperationalError:
         return False
+
+
+async def test_a_write_stuck_past_timeout_s_is_unavailable_and_stores_nothing(postgres_dsn):
+    store = PostgresUsageStore(postgres_dsn, pool_size=2, timeout_s=0.3)
+    assert await store.insert([record("a")]) == [True]
+    async with await psycopg.AsyncConnection.connect(postgres_dsn) as locker:
+        await locker.execute("LOCK TABLE usage_records IN SHARE ROW EXCLUSIVE MODE")
+        with pytest.raises(StoreUnavailable):  # statement_timeout, twice: not a hang
+            await store.insert([record("b")])
+        await locker.commit()
+    assert (await store.usage("alice"))["requests"] == 1
+    assert await store.insert([record("b"), record("a")]) == [True, False]
+    await store.close()
