@@ -16,6 +16,7 @@ from serve_app.catalog import UnknownModelError, load_catalog
 from serve_app.types import Budget
 
 DEFAULT_RANDOM_CHECKPOINT_ROOT = "~/.cache/rerank-serve/random-init"
+DEFAULT_USAGE_DB = "~/.cache/rerank-serve/usage.db"
 
 BackendChoice = Literal["auto", "torch", "onnx", "openvino"]
 Quantization = Literal["none", "int8"]
@@ -409,18 +410,46 @@ class PricingConfig(_Strict):
 
 
 class UsageConfig(_Strict):
-    journal_path: str | None = Field(
-        None,
-        description="Append-only JSON-lines journal of billed requests; the ledger replays it "
-        "when it (re)starts. Without it, totals live only in the ledger's memory.",
+    """Where billed usage is stored, and the ledger replica's placement. Quotas are not
+    stored: they live in the ledger's memory."""
+
+    store: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        description="sqlite: one file on the ledger's node (demo, one machine); postgres: a "
+        "database server, for clusters (usage outlives any node).",
     )
-    fsync: bool = Field(False, description="fsync the journal after every ledger write.")
+    sqlite_path: str = Field(
+        DEFAULT_USAGE_DB, description="The SQLite file (WAL mode); created with its folder."
+    )
+    postgres_dsn_env: str = Field(
+        "RERANK_USAGE_DSN",
+        description="Environment variable (on the ledger's node) holding the PostgreSQL DSN; "
+        "the DSN itself never goes in the config file.",
+    )
+    pool_size: int = Field(4, ge=1, le=64, description="PostgreSQL connections at most.")
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long a write waits for the database (a connection, a lock) "
+        "before the request gets 503 ledger_unavailable.",
+    )
+    max_batch: int = Field(1000, ge=1, description="Records written in one transaction at most.")
     num_cpus: float = Field(0.1, ge=0)
     resources: dict[str, float] = Field(
         default_factory=dict,
         description="Ray custom resources for the ledger replica, e.g. to pin it to the node "
-        "whose disk holds the journal.",
+        "whose disk holds the SQLite file.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _journal_is_gone(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("journal_path" in data or "fsync" in data):
+            raise ValueError(
+                "usage.journal_path and usage.fsync are gone: usage is kept in a database "
+                "(usage.store). Load an old journal once with `rerank-import-journal PATH`."
+            )
+        return data
 
     def deployment_options(self) -> dict[str, Any]:
         return {"ray_actor_options": {"num_cpus": self.num_cpus, "resources": self.resources}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ def checkpoint_path(root: Path, model: str) -> str:
     return str(root / load_catalog().resolve(model).short_name)
 
 
+def usage_db_path(root: Path) -> str:
+    """A fresh SQLite usage file in the session's temporary folder: tests never write to
+    the default ~/.cache/rerank-serve/usage.db."""
+    return str(root.parent / f"usage-{uuid.uuid4().hex[:12]}.db")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,6 +56,7 @@ def app_args(root: Path, models: list[str], **overrides: Any) -> dict:
         },
         "ingress": {"num_cpus": 0.1},
         "auth": {"enabled": False},
+        "usage": {"sqlite_path": usage_db_path(root)},
         "models": [{"name": m, "source": checkpoint_path(root, m)} for m in models],
     }
     args.update(overrides)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from fastapi import FastAPI, Security
+from fastapi import FastAPI, Query, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,6 +39,7 @@ from serve_app.api.schemas import (
     UsageResponse,
     rerank_response,
     tei_response,
+    usage_query,
 )
 from serve_app.catalog import ORGANISATION
 from serve_app.config import QuotaSettings
@@ -140,10 +141,23 @@ def create_app(
         texts, result = await rerank(request, response, body)
         return tei_response(result, texts, body.return_text)
 
-    @app.get("/v1/usage", response_model=UsageResponse, responses=_ERRORS, dependencies=[_bearer])
-    async def usage(request: Request) -> UsageResponse:
-        """The calling key's totals since the ledger's journal began."""
-        return UsageResponse.model_validate(await service.usage(_caller(request)))
+    @app.get(
+        "/v1/usage",
+        response_model=UsageResponse,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        dependencies=[_bearer],
+    )
+    async def usage(
+        request: Request,
+        start: str | None = Query(None, alias="from", description="First day (YYYY-MM-DD, UTC)."),
+        end: str | None = Query(None, alias="to", description="Last day, inclusive."),
+        group_by: str | None = Query(None, description="Also split by `day`, `month` or `model`."),
+    ) -> UsageResponse:
+        """The calling key's stored usage: overall, per model and, with `group_by`, per day,
+        month or model; `from`/`to` limit it to those days."""
+        query = usage_query(start, end, group_by)
+        return UsageResponse.model_validate(await service.usage(_caller(request), query))
 
     @app.get("/v1/routing", dependencies=[_bearer])
     async def routing_state() -> dict:

@@ -17,6 +17,8 @@ non-documents costs one error, not millions.
 from __future__ import annotations
 
 import math
+import re
+from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,6 +35,8 @@ from pydantic_core import PydanticCustomError
 
 from serve_app import types
 from serve_app.config import DOCUMENTS_CEILING
+from serve_app.errors import InvalidRequest
+from serve_app.service.usage import GROUP_BY_VALUES, UsageQuery
 
 DOCUMENTS_PER_SEARCH_UNIT = 100  # Cohere: one search unit is a query with up to 100 documents
 
@@ -315,6 +319,43 @@ class UsageTotals(BaseModel):
     cost_usd: float
 
 
+class UsageGroup(UsageTotals):
+    group: str = Field(description="A day (YYYY-MM-DD, UTC), a month (YYYY-MM) or a model.")
+
+
 class UsageResponse(UsageTotals):
+    model_config = ConfigDict(populate_by_name=True)
     key_id: str
     models: dict[str, UsageTotals] = Field(description="The same totals per model.")
+    start: date | None = Field(None, alias="from", description="First day counted (UTC).")
+    end: date | None = Field(None, alias="to", description="Last day counted (UTC).")
+    group_by: Literal["day", "month", "model"] | None = None
+    groups: list[UsageGroup] | None = Field(
+        None, description="With `group_by`: the same totals per day, month or model."
+    )
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def usage_query(start: str | None, end: str | None, group_by: str | None) -> UsageQuery:
+    """`/v1/usage`'s query parameters; a bad one is a 422 naming it."""
+
+    def day(value: str | None, param: str) -> date | None:
+        if value is None:
+            return None
+        try:
+            if not _ISO_DATE.match(value):
+                raise ValueError
+            return date.fromisoformat(value)
+        except ValueError:
+            raise InvalidRequest(f"not an ISO date (YYYY-MM-DD): {value!r}", param) from None
+
+    first, last = day(start, "from"), day(end, "to")
+    if first is not None and last is not None and first > last:
+        raise InvalidRequest(f"{first} is after `to` ({last})", "from")
+    if group_by is not None and group_by not in GROUP_BY_VALUES:
+        raise InvalidRequest(
+            f"must be one of {', '.join(GROUP_BY_VALUES)}, not {group_by!r}", "group_by"
+        )
+    return UsageQuery(first, last, group_by)  # type: ignore[arg-type]

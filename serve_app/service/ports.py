@@ -12,7 +12,7 @@ import numpy as np
 from serve_app.config import QuotaSettings
 from serve_app.model.tokenization import EncodedPairs
 from serve_app.service.quotas import Admission
-from serve_app.service.usage import UsageRecord
+from serve_app.service.usage import UsageQuery, UsageRecord
 
 
 class ModelBackend(Protocol):
@@ -33,4 +33,5 @@ class Ledger(Protocol):
     async def record(self, records: list[UsageRecord]) -> list[bool]:
         """Count each record once (by request id); True for those newly counted."""
 
-    async def usage(self, key_id: str) -> dict: ...
+    async def usage(self, key_id: str, query: UsageQuery = UsageQuery()) -> dict:
+        """`key_id`'s totals (overall, per model, per `query.group_by`) within the dates."""

@@ -22,7 +22,7 @@ from serve_app.service.ports import Ledger, ModelBackend
 from serve_app.service.quotas import never_admitted
 from serve_app.service.readiness import ReadinessCache
 from serve_app.service.truncation import DocumentTruncator
-from serve_app.service.usage import RecordBatcher, UsageRecord
+from serve_app.service.usage import RecordBatcher, UsageQuery, UsageRecord
 from serve_app.types import ModelStatus, RerankRequest, RerankResult
 
 READY_TIMEOUT_S = 5.0
@@ -89,9 +89,9 @@ class RerankService:
         if not admission.allowed:
             raise RateLimited(admission.reason, retry_after_s=admission.retry_after_s)
 
-    async def usage(self, caller: Principal) -> dict:
-        """The caller's totals since the ledger's journal began."""
-        return await self.ledger.usage(caller.key_id)
+    async def usage(self, caller: Principal, query: UsageQuery = UsageQuery()) -> dict:
+        """The caller's stored totals, within `query`'s dates and grouped as it asks."""
+        return await self.ledger.usage(caller.key_id, query)
 
     async def models_status(self) -> list[ModelStatus]:
         names = self.config.enabled_models

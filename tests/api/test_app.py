@@ -5,6 +5,7 @@ tokenizers, with in-process model scores (`FakeModels`) and the ledger's own sta
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 import httpx
 import numpy as np
@@ -15,14 +16,14 @@ from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
 from serve_app.api.edge import EdgePolicy
 from serve_app.api.errors import ERROR_TABLE
 from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, UsageConfig
 from serve_app.model.tokenization import EncodedPairs, PairEncoders
 from serve_app.observer import AccessRecord
 from serve_app.routing.loads import LoadBoard
 from serve_app.routing.router import Router
 from serve_app.service.auth import Authenticator, hash_key
 from serve_app.service.rerank import RerankService
-from serve_app.service.usage import LocalLedger
+from serve_app.service.usage import LocalLedger, UsageRecord
 from tests.conftest import checkpoint_path
 
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
@@ -69,7 +70,12 @@ class Recorder:
 
 
 @pytest.fixture
-def service_parts(checkpoint_root):
+def service_parts(checkpoint_root, tmp_path):
+    return build_parts(checkpoint_root, tmp_path / "usage.db")
+
+
+def build_parts(checkpoint_root, usage_db, ledger: LocalLedger | None = None):
+    """The app over the demo's kind of store, a SQLite file (or `ledger`, when given)."""
     config = AppConfig.model_validate(
         {
             "models": [
@@ -86,12 +92,14 @@ def service_parts(checkpoint_root):
                 ]
             },
             "limits": {"max_documents_per_request": 5},
+            "usage": {"sqlite_path": str(usage_db)},
         }
     )
     catalog, models, observer = load_catalog(), FakeModels(config.enabled_models), Recorder()
     encoders = PairEncoders.load(config.models, threads=2)
     router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
-    service = RerankService(config, catalog, router, models, LocalLedger(), observer)
+    ledger = ledger if ledger is not None else LocalLedger(config.usage)
+    service = RerankService(config, catalog, router, models, ledger, observer)
     edge = EdgePolicy(
         authenticator=Authenticator(config.auth, environ={}),
         max_body_bytes=config.limits.max_body_bytes,
@@ -305,3 +313,83 @@ async def test_the_stats_task_starts_with_the_app_and_stops_with_it(service_part
     async with app.router.lifespan_context(app):
         await asyncio.wait_for(started.wait(), 10)
     await asyncio.wait_for(stopped.wait(), 10)
+
+
+# -- usage in the database ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_usage_is_unchanged_across_a_service_restart(checkpoint_root, tmp_path):
+    app, _, _ = build_parts(checkpoint_root, tmp_path / "usage.db")
+    async with client(app) as c:
+        for _ in range(3):
+            assert (await c.post("/v1/rerank", json=BODY, headers=AUTH)).status_code == 200
+        before = (await c.get("/v1/usage", headers=AUTH)).json()
+    assert before["requests"] == 3 and before["documents"] == 9
+    restarted, _, _ = build_parts(checkpoint_root, tmp_path / "usage.db")  # a new process
+    async with client(restarted) as c:
+        assert (await c.get("/v1/usage", headers=AUTH)).json() == before
+        assert (await c.post("/v1/rerank", json=BODY, headers=AUTH)).status_code == 200
+        assert (await c.get("/v1/usage", headers=AUTH)).json()["requests"] == 4
+
+
+@pytest.mark.anyio
+async def test_a_duplicate_request_id_is_counted_once(checkpoint_root, tmp_path):
+    ledger = LocalLedger(UsageConfig(sqlite_path=str(tmp_path / "usage.db")))
+    app, _, _ = build_parts(checkpoint_root, tmp_path / "usage.db", ledger)
+    async with client(app) as c:
+        answer = (await c.post("/v1/rerank", json=BODY, headers=AUTH)).json()
+        # The ingress's record for that response, sent again (a retry after a lost reply):
+        retried = UsageRecord(answer["id"], "alice", TINY, 3, 1, ((3, 0.008),))
+        assert await ledger.record([retried]) == [False]
+        usage = (await c.get("/v1/usage", headers=AUTH)).json()
+    assert usage["requests"] == 1 and usage["documents"] == 3
+
+
+@pytest.mark.anyio
+async def test_usage_by_day_month_and_model_within_dates(service_parts):
+    app, _, _ = service_parts
+    today = datetime.now(timezone.utc).date().isoformat()
+    async with client(app) as c:
+        await c.post("/v1/rerank", json=BODY, headers=AUTH)
+        await c.post("/v1/rerank", json={**BODY, "model": L12}, headers=AUTH)
+        by_day = await c.get(f"/v1/usage?from={today}&to={today}&group_by=day", headers=AUTH)
+        by_model = (await c.get("/v1/usage?group_by=model", headers=AUTH)).json()
+        by_month = (await c.get("/v1/usage?group_by=month", headers=AUTH)).json()
+        before = (await c.get("/v1/usage?to=2000-01-01", headers=AUTH)).json()
+        plain = (await c.get("/v1/usage", headers=AUTH)).json()
+    assert by_day.status_code == 200, by_day.text
+    by_day = by_day.json()
+    assert by_day["from"] == by_day["to"] == today and by_day["group_by"] == "day"
+    assert by_day["groups"] == [
+        {
+            "group": today,
+            "requests": 2,
+            "documents": 6,
+            "tokens": by_day["tokens"],
+            "cost_usd": 0.000048,
+        }
+    ]
+    assert [g["group"] for g in by_model["groups"]] == [L12, TINY]
+    assert [g["group"] for g in by_month["groups"]] == [today[:7]]
+    assert before["requests"] == 0 and before["models"] == {}
+    assert set(plain) == {"key_id", "requests", "documents", "tokens", "cost_usd", "models"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "query, param",
+    [
+        ("from=2026-12-05&to=2026-12-01", "from"),
+        ("from=yesterday", "from"),
+        ("to=2026-13-01", "to"),
+        ("to=20261201", "to"),
+        ("group_by=week", "group_by"),
+        ("group_by=", "group_by"),
+    ],
+)
+async def test_bad_usage_parameters_are_422_naming_the_parameter(service_parts, query, param):
+    app, _, _ = service_parts
+    async with client(app) as c:
+        response = await c.get(f"/v1/usage?{query}", headers=AUTH)
+    assert_error(response, 422, "invalid_request", param)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -45,8 +46,12 @@ def bearer(key_id: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def url(checkpoint_root, tmp_path_factory):
-    journal = tmp_path_factory.mktemp("ledger") / "usage.jsonl"
+def usage_db(tmp_path_factory):
+    return tmp_path_factory.mktemp("ledger") / "usage.db"
+
+
+@pytest.fixture(scope="module")
+def url(checkpoint_root, usage_db):
     quotas = {
         "slow": {"requests_per_second": 0.001},
         "small": {"documents_per_minute": 5},
@@ -70,7 +75,7 @@ def url(checkpoint_root, tmp_path_factory):
             "max_top_n": 40,
         },
         pricing={"default_usd_per_1k_documents": 0.008, "usd_per_1k_documents": {TINY: 0.004}},
-        usage={"journal_path": str(journal)},
+        usage={"sqlite_path": str(usage_db), "timeout_s": 1},
     )
     yield from start_serve_app(
         args,
@@ -464,7 +469,7 @@ def test_usage_is_exact_across_ingress_replicas_and_a_replica_kill(url):
     assert totals["documents"] == documents + more_documents
 
 
-def test_usage_survives_a_ledger_restart_through_its_journal(url):
+def test_usage_survives_a_ledger_restart_in_its_database(url):
     import ray
 
     before = usage(url, "billing")
@@ -477,7 +482,7 @@ def test_usage_survives_a_ledger_restart_through_its_journal(url):
     wait_until(
         lambda: _running("UsageLedger", 1) and usage(url, "billing") == before,
         120,
-        "the ledger to restart and replay its journal",
+        "the ledger to restart over its database",
     )
     assert (
         post(url, "/v1/rerank", {"query": "q", "documents": ["a", "b"]}, key="billing").status_code
@@ -488,6 +493,23 @@ def test_usage_survives_a_ledger_restart_through_its_journal(url):
         before["requests"] + 1,
         before["documents"] + 2,
     )
+
+
+def test_a_database_that_cannot_write_is_503_at_once_and_then_recovers(url, usage_db):
+    before = usage(url, "billing")
+    blocker = sqlite3.connect(usage_db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the file past timeout_s
+    try:
+        refused = post(url, "/v1/rerank", {"query": "q", "documents": ["a"]}, key="billing")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert_error(refused, 503, "ledger_unavailable")
+    assert refused.headers["retry-after"] == "1"
+    assert usage(url, "billing") == before  # refused: not billed
+    ok = post(url, "/v1/rerank", {"query": "q", "documents": ["a"]}, key="billing")
+    assert ok.status_code == 200
+    assert usage(url, "billing")["requests"] == before["requests"] + 1
 
 
 # -- metrics -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import checkpoint_path, free_port, wait_until
+from tests.conftest import checkpoint_path, free_port, usage_db_path, wait_until
 from tests.local_cluster import LocalCluster, LocalNode
 
 APP = "rerank"
@@ -54,6 +54,7 @@ def app_config(root) -> dict:
             "batching": {"max_batch_size": 4},
         },
         "auth": {"enabled": False},  # keys are tested in test_api.py
+        "usage": {"sqlite_path": usage_db_path(root)},
         "ingress": {
             "num_cpus": 0.5,
             "resources": {"node:__internal_head__": 0.01},

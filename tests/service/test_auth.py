@@ -107,7 +107,7 @@ def test_production_configs_require_keys_and_the_demo_does_not():
     for name in ("gpu-1.yaml", "local-cpu.yaml"):
         config = args(name)
         assert config.auth.enabled and config.auth.keys_env == "RERANK_API_KEYS"
-        assert config.usage.journal_path
+        assert config.usage.store == ("postgres" if name == "gpu-1.yaml" else "sqlite")
 
 
 def test_a_raw_key_given_for_its_hash_never_appears_in_the_error():

@@ -1,24 +1,17 @@
-"""Quotas (token buckets), usage books, the journal, the ledger's state and the record
-batcher. No Ray."""
+"""Quotas (token buckets), the ledger over its usage store, and the record batcher. No Ray."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from decimal import Decimal
+import sqlite3
 
 import pytest
 
 from serve_app.config import QuotaSettings, UsageConfig
 from serve_app.errors import LedgerUnavailable
 from serve_app.service.quotas import QuotaBook, TokenBucket, never_admitted
-from serve_app.service.usage import (
-    LocalLedger,
-    RecordBatcher,
-    UsageBook,
-    UsageJournal,
-    UsageRecord,
-)
+from serve_app.service.usage import LocalLedger, RecordBatcher, UsageRecord
+from serve_app.storage.sqlite import SqliteUsageStore
 
 L6 = "cross-encoder/ms-marco-MiniLM-L6-v2"
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
@@ -61,7 +54,7 @@ def test_no_quota_admits_everything():
     assert all(book.admit("a", QuotaSettings(), 10**6, now=0).allowed for _ in range(100))
 
 
-# -- usage -------------------------------------------------------------------------------
+# -- the ledger over its store ------------------------------------------------------------
 
 
 def record(
@@ -70,90 +63,9 @@ def record(
     return UsageRecord(request_id, key_id, model, documents, documents * 10, ((documents, price),))
 
 
-def test_usage_counts_each_request_once_per_key_and_model_with_exact_cost():
-    book = UsageBook()
-    assert book.record(record("r1", 1000))
-    assert not book.record(record("r1", 1000))  # a retried record
-    assert book.record(record("r2", 3, model=TINY, price=0.004))
-    assert book.record(record("r3", 7, key_id="bob"))
-    totals = book.totals("alice")
-    assert (totals["requests"], totals["documents"], totals["tokens"]) == (2, 1003, 10030)
-    assert Decimal(str(totals["cost_usd"])) == Decimal("0.008") + Decimal("0.000012")
-    assert totals["models"][TINY] == {
-        "requests": 1,
-        "documents": 3,
-        "tokens": 30,
-        "cost_usd": 0.000012,
-    }
-    assert book.totals("nobody")["documents"] == 0
-
-
-def test_cost_sums_exactly_over_many_requests():
-    book = UsageBook()
-    for i in range(10_000):
-        book.record(record(f"r{i}", 1))
-    assert book.totals("alice")["cost_usd"] == 0.08  # floats would drift
-
-
-def test_a_cascade_is_charged_each_stage_at_its_models_price():
-    book = UsageBook()
-    # 100 documents at TinyBERT's $0.004 per 1k, then the best 20 at L12's $0.012.
-    cascade = UsageRecord("c1", "alice", "cascade", 120, 9000, ((100, 0.004), (20, 0.012)))
-    assert book.record(cascade)
-    totals = book.totals("alice")
-    assert Decimal(str(totals["cost_usd"])) == Decimal("0.00064")
-    assert totals["models"]["cascade"]["documents"] == 120
-
-
-def test_journal_lines_written_with_one_price_per_request_still_replay(tmp_path):
-    path = tmp_path / "usage.jsonl"
-    path.write_text(
-        json.dumps(
-            {
-                "request_id": "old",
-                "key_id": "alice",
-                "model": L6,
-                "documents": 500,
-                "tokens": 5000,
-                "usd_per_1k_documents": 0.008,
-            }
-        )
-        + "\n"
-    )
-    book = UsageBook()
-    assert UsageJournal(path).replay_into(book) == 1
-    assert book.totals("alice")["cost_usd"] == 0.004
-
-
-def test_dedup_window_is_bounded():
-    book = UsageBook(dedup_window=2)
-    for rid in ("a", "b", "c"):
-        book.record(record(rid, 1))
-    assert not book.seen("a") and book.seen("c")
-
-
-def test_journal_replay_restores_totals_and_skips_a_torn_line(tmp_path):
-    path = tmp_path / "state" / "usage.jsonl"
-    journal, book = UsageJournal(path), UsageBook()
-    for r in (record("r1", 4), record("r2", 5, model=TINY, price=0.004)):
-        journal.append([r])
-        book.record(r)
-    journal.close()
-    with open(path, "a") as f:
-        f.write('{"request_id": "torn", "key_id"')  # a crash mid-write
-    reopened, replayed = UsageJournal(path), UsageBook()
-    assert reopened.replay_into(replayed) == 2
-    assert replayed.totals("alice") == book.totals("alice")
-    reopened.append([record("r3", 1)])  # starts on a fresh line after the torn one
-    reopened.close()
-    again = UsageBook()
-    assert UsageJournal(path).replay_into(again) == 3
-    assert again.seen("r1") and again.totals("alice")["documents"] == 10
-
-
 @pytest.mark.anyio
-async def test_ledger_counts_each_id_once_within_and_across_calls_and_replays(tmp_path):
-    config = UsageConfig(journal_path=str(tmp_path / "usage.jsonl"))
+async def test_ledger_counts_each_id_once_within_and_across_calls_and_restarts(tmp_path):
+    config = UsageConfig(sqlite_path=str(tmp_path / "usage.db"))
     ledger = LocalLedger(config)
     assert await ledger.record([record("a", 2), record("b", 3), record("a", 2)]) == [
         True,
@@ -162,9 +74,56 @@ async def test_ledger_counts_each_id_once_within_and_across_calls_and_replays(tm
     ]
     assert await ledger.record([record("b", 3), record("c", 1)]) == [False, True]
     assert (await ledger.usage("alice"))["documents"] == 6
-    restarted = LocalLedger(config)  # a new replica replays the journal
+    restarted = LocalLedger(config)  # a new replica: the database has every record
     assert await restarted.usage("alice") == await ledger.usage("alice")
     assert await restarted.record([record("c", 1)]) == [False]
+    await ledger.close()
+    await restarted.close()
+
+
+@pytest.mark.anyio
+async def test_ledger_coalesces_concurrent_calls_into_few_transactions(tmp_path):
+    class CountingStore(SqliteUsageStore):
+        def __init__(self, path):
+            super().__init__(path)
+            self.batches: list[int] = []
+
+        async def insert(self, records):
+            self.batches.append(len(records))
+            return await super().insert(records)
+
+    store = CountingStore(tmp_path / "usage.db")
+    ledger = LocalLedger(UsageConfig(), store=store)
+    calls = [ledger.record([record(f"r{i}", 1), record(f"r{i}", 1)]) for i in range(50)]
+    assert await asyncio.gather(*calls) == [[True, False]] * 50
+    assert sum(store.batches) == 100 and len(store.batches) < 50
+    assert (await ledger.usage("alice"))["requests"] == 50
+    await ledger.close()
+
+
+@pytest.mark.anyio
+async def test_a_database_that_cannot_write_is_ledger_unavailable_and_nothing_is_counted(
+    tmp_path,
+):
+    path = tmp_path / "usage.db"
+    ledger = LocalLedger(UsageConfig(sqlite_path=str(path), timeout_s=0.05))
+    assert await ledger.record([record("a", 1)]) == [True]
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the file is locked by someone else
+    with pytest.raises(LedgerUnavailable) as refused:
+        await ledger.record([record("b", 1)])
+    assert refused.value.retry_after_s == 1
+    assert (await ledger.usage("alice"))["requests"] == 1  # WAL: readers are not blocked
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert (await ledger.usage("alice"))["requests"] == 1  # "b" was not counted
+    assert await ledger.record([record("b", 1)]) == [True]  # and recovers by itself
+    await ledger.close()
+
+
+def test_the_journal_settings_are_refused_with_the_way_forward():
+    with pytest.raises(ValueError, match="rerank-import-journal"):
+        UsageConfig.model_validate({"journal_path": "/var/usage.jsonl"})
 
 
 @pytest.mark.anyio

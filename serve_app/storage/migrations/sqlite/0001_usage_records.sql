@@ -1,0 +1,14 @@
+-- One row per billed request. The primary key is the request id: a retried insert of the
+-- same request is ignored by the database, so nothing is billed twice.
+CREATE TABLE usage_records (
+    request_id    TEXT PRIMARY KEY,
+    key_id        TEXT NOT NULL,
+    model         TEXT NOT NULL,       -- as answered: a cascade is "cascade"
+    documents     INTEGER NOT NULL,    -- the billed unit
+    tokens        INTEGER NOT NULL,
+    cost_nano_usd INTEGER NOT NULL,    -- 1e-9 USD, integral so that sums are exact
+    charges       TEXT NOT NULL,       -- JSON [[documents, usd_per_1k_documents], ...]
+    served_at     REAL NOT NULL        -- Unix time, seconds (UTC)
+) WITHOUT ROWID;
+
+CREATE INDEX usage_records_key_time ON usage_records (key_id, served_at);
