@@ -1,5 +1,6 @@
 """The HTTP edge, as one pure ASGI middleware in front of every route: request ids, the
-in-flight limit, the body size limit, API-key authentication, and per request one
+in-flight limit, the models' capacity check for scoring routes (before the body is read),
+the body size limit, API-key authentication, and per request one
 structured access-log line and one observation (route, status, error type, duration).
 No Ray: unit tests drive it with a plain Starlette app.
 
@@ -12,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,13 @@ class EdgePolicy:
     max_in_flight: int | None = None
     overload_throttles: bool = False  # answer overload as 429 (`backpressure.status_code`)
     retry_after_s: float = 1.0
+    # Overrides `retry_after_s` for the in-flight refusal: the models' measured drain time.
+    retry_after: Callable[[], float] | None = None
+    # Paths that score (a model call per request) and the check, from the load board, that
+    # raises `Overloaded` when no model can take one now: run before the body is read, so
+    # a request that would only be refused later costs neither reading nor parsing.
+    scoring_paths: frozenset[str] = frozenset()
+    admit_scoring: Callable[[], None] | None = None
 
 
 class EdgeMiddleware:
@@ -84,6 +93,8 @@ class EdgeMiddleware:
         try:
             if scope.get("path") not in policy.public_paths:
                 _check_capacity(self.in_flight, policy)
+                if policy.admit_scoring is not None and scope.get("path") in policy.scoring_paths:
+                    policy.admit_scoring()
                 self.in_flight += 1
                 counted = True
             receive = await self._admit(scope, receive, headers, policy, state)
@@ -171,7 +182,7 @@ def _check_capacity(in_flight: int, policy: EdgePolicy) -> None:
         raise Overloaded(
             f"this server is at its limit of {policy.max_in_flight} requests in flight; "
             "retry after the time in Retry-After",
-            retry_after_s=policy.retry_after_s,
+            retry_after_s=policy.retry_after() if policy.retry_after else policy.retry_after_s,
             throttle=policy.overload_throttles,
         )
 

@@ -17,9 +17,10 @@ import numpy as np
 
 from serve_app.catalog import Catalog
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidRequest
+from serve_app.errors import InvalidRequest, Overloaded
 from serve_app.model.tokenization import EncodedPairs, PairEncoders
 from serve_app.observer import NullObserver, Observer
+from serve_app.routing.admission import Admission, drain_seconds
 from serve_app.routing.budget import BudgetPolicy
 from serve_app.routing.cascade import merge, select_pairs
 from serve_app.routing.loads import LoadBoard
@@ -62,6 +63,7 @@ class Router:
         self.encoders = encoders
         self.score_fn = score
         self.board = board
+        self.admission = Admission.from_config(config, board)
         self.observer = observer
         routing = config.routing
         self.default_budget = routing.default_budget.as_budget()
@@ -71,6 +73,21 @@ class Router:
         self.shadow_sampler = FractionSampler(routing.shadow.fraction) if routing.shadow else None
         self.agreement = AgreementSummary()
         self._background: set[asyncio.Task] = set()
+
+    def admit(self, request: RerankRequest) -> None:
+        """Raises `Overloaded` when no model this request could go to can take it now;
+        from the request's fields alone (no tokenization), so a refusal costs nothing.
+        Named: that model; `auto`: any eligible one; cascade: its first stage."""
+        requested = (request.model or "").strip().lower()
+        if request.cascade is not None or requested == CASCADE:
+            spec = request.cascade
+            first = spec.first if spec and spec.first else self.cascade_defaults.first
+            self.admission.check([self.names.resolve(first, "cascade.first").model])
+        elif requested == AUTO or (not requested and not request.budget.is_empty):
+            budget = self.default_budget if request.budget.is_empty else request.budget
+            self.admission.check(self.policy.eligible(budget))
+        else:
+            self.admission.check([self.names.resolve(request.model).model])
 
     async def rerank(
         self, request: RerankRequest, texts: list[str], arrived: float | None = None
@@ -186,8 +203,16 @@ class Router:
     # -- plumbing ---------------------------------------------------------------------
 
     async def _score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
-        with self.board.dispatched(model, pairs.total_tokens):
-            return await self.score_fn(model, pairs)
+        try:
+            with self.board.dispatched(model, pairs.total_tokens):
+                return await self.score_fn(model, pairs)
+        except Overloaded as e:
+            # Serve's queue refused after all (another ingress's calls, a replica count one
+            # poll old): the wait is the model's drain time once it is measured.
+            if drain_seconds(self.board.loads()[model]) is None:
+                raise
+            retry_after_s = self.admission.retry_after_s(model)
+            raise Overloaded(e.message, retry_after_s, throttle=e.throttle) from e
 
     def _spent_ms(self, arrived: float) -> float:
         return (self.clock() - arrived) * 1000.0

@@ -16,7 +16,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
+from serve_app.api.app import PUBLIC_PATHS, ROUTES, SCORING_PATHS, create_app
 from serve_app.api.edge import EdgePolicy
 from serve_app.catalog import load_catalog
 from serve_app.config import AppConfig
@@ -85,6 +85,10 @@ def build_frontend(
         max_in_flight=config.ingress.admission_limit,
         overload_throttles=backpressure.status_code == 429,
         retry_after_s=backpressure.retry_after_s,
+        retry_after=lambda: router.admission.soonest_retry_after_s(config.enabled_models),
+        scoring_paths=SCORING_PATHS,
+        # Before the body: refused only when every model is full, whatever it names.
+        admit_scoring=lambda: router.admission.check(config.enabled_models),
     )
     app = create_app(service, edge, background=poller.run)
     return Frontend(app, service, models, poller)

@@ -1,7 +1,8 @@
 """The rerank service: the pipeline every request goes through, whatever route it came in
-on. Limits, quota admission, Cohere's per-document truncation, routing and scoring (the
-router), then billing, which happens before the answer: a request the ledger has not
-counted is not served. Also the read-only views: usage, models, readiness, routing.
+on. Limits, capacity admission (the router's, from the load board), quota admission,
+Cohere's per-document truncation, routing and scoring (the router), then billing, which
+happens before the answer: a request the ledger has not counted is not served.
+Also the read-only views: usage, models, readiness, routing.
 
 No HTTP and no Ray: failures are `serve_app.errors` types, the model deployments and the
 ledger are reached through the interfaces in `ports.py`.
@@ -53,6 +54,9 @@ class RerankService:
         """`arrived`: `time.perf_counter()` when the request reached the edge; a latency
         budget counts from then."""
         check_limits(self.config.limits, request)
+        # Capacity first (synchronous, from the load board), then the key's quota (a ledger
+        # call); tokenization and truncation only for a request that will be scored.
+        self.router.admit(request)
         await self._admit(caller, len(request.texts))
         texts = request.texts
         if request.max_tokens_per_doc is not None:
