@@ -126,6 +126,10 @@ class Admission:
             throttle=bound.throttle,
         )
 
+    def full_models(self, models: Iterable[str]) -> set[str]:
+        loads = self.board.loads()
+        return {m for m in models if self.full_reason(m, loads[m]) is not None}
+
     def soonest_retry_after_s(self, models: Iterable[str]) -> float:
         """For a refusal that is not about one model (the ingress's own in-flight limit):
         the soonest any of them drains."""

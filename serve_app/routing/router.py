@@ -128,9 +128,10 @@ class Router:
         pairs = await self.encoders.encode(probe, request.query, texts)
         loads = self.board.loads()
         spent = self._spent_ms(arrived)
-        choice = self.policy.choose(budget, pairs.total_tokens, loads, spent)
+        full = self.admission.full_models(candidates)  # admitted: not all of them
+        choice = self.policy.choose(budget, pairs.total_tokens, loads, spent, exclude=full)
         model, predicted, policy = choice.model, choice.predicted_ms, "budget"
-        diverted = self.splitter.divert(model, candidates)
+        diverted = self.splitter.divert(model, [m for m in candidates if m not in full])
         if diverted is not None:
             model, policy = diverted, "split"
             predicted = spent + self.policy.predict(model, pairs.total_tokens, loads)
