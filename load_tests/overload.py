@@ -218,9 +218,9 @@ def main() -> None:
         max_queued=args.max_queued,
         ingress_max_ongoing=args.ingress_max_ongoing,
         ingress_max_queued=args.ingress_max_queued,
+        ingress_max_in_flight=args.ingress_max_in_flight,
     )
     app_args = soak_app_args(soak_args, card.name, checkpoint)
-    app_args["ingress"]["max_in_flight"] = args.ingress_max_in_flight
     app_args["models"][0]["max_queue_wait_s"] = args.max_queue_wait_s
     ray.init(address="local", num_cpus=args.cpus, num_gpus=1, log_to_driver=False)
     report: dict = {
