@@ -35,6 +35,10 @@ class LoadBoard:
         # Calls this ingress has made and not had back: Serve bounds them per caller, so
         # admission compares them with the model's queue bound (`routing/admission.py`).
         self.inflight_requests: dict[str, int] = {m: 0 for m in models}
+        # Requests admitted for a model and not finished, counted from admission on: the
+        # ones still being read, parsed or tokenized hold their place too, so a burst
+        # cannot all pass admission before any of it reaches the model.
+        self.admitted: dict[str, int] = {m: 0 for m in models}
         self._foreign_tokens: dict[str, int] = {m: 0 for m in models}
         self.overhead_ms: dict[str, float] = {}
 
@@ -65,8 +69,19 @@ class LoadBoard:
         self.polled_at[model] = time.monotonic()
         self._foreign_tokens[model] = max(0, held - inflight_when_sent)
 
+    @contextmanager
+    def admitted_request(self, model: str) -> Iterator[None]:
+        self.admitted[model] += 1
+        try:
+            yield
+        finally:
+            self.admitted[model] -= 1
+
     def requests_in_flight(self, model: str) -> int:
-        return self.inflight_requests[model]
+        """Calls this ingress holds at the model, counting admitted requests not yet
+        dispatched (a call outside an admission, e.g. shadow scoring, counts when the
+        admitted ones do not outnumber the calls)."""
+        return max(self.admitted[model], self.inflight_requests[model])
 
     def loads(self) -> dict[str, ModelLoad]:
         out = {}

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
@@ -74,20 +75,25 @@ class Router:
         self.agreement = AgreementSummary()
         self._background: set[asyncio.Task] = set()
 
-    def admit(self, request: RerankRequest) -> None:
+    def admit(self, request: RerankRequest) -> AbstractContextManager[None]:
         """Raises `Overloaded` when no model this request could go to can take it now;
         from the request's fields alone (no tokenization), so a refusal costs nothing.
-        Named: that model; `auto`: any eligible one; cascade: its first stage."""
+        Named: that model; `auto`: any eligible one; cascade: its first stage. Admitted:
+        a reservation on that model, to hold while the request is worked on (none for
+        `auto`, whose model is chosen later: its call counts once dispatched)."""
         requested = (request.model or "").strip().lower()
         if request.cascade is not None or requested == CASCADE:
             spec = request.cascade
             first = spec.first if spec and spec.first else self.cascade_defaults.first
-            self.admission.check([self.names.resolve(first, "cascade.first").model])
+            model = self.names.resolve(first, "cascade.first").model
         elif requested == AUTO or (not requested and not request.budget.is_empty):
             budget = self.default_budget if request.budget.is_empty else request.budget
             self.admission.check(self.policy.eligible(budget))
+            return nullcontext()
         else:
-            self.admission.check([self.names.resolve(request.model).model])
+            model = self.names.resolve(request.model).model
+        self.admission.check([model])
+        return self.board.admitted_request(model)
 
     async def rerank(
         self, request: RerankRequest, texts: list[str], arrived: float | None = None

@@ -56,14 +56,14 @@ class RerankService:
         check_limits(self.config.limits, request)
         # Capacity first (synchronous, from the load board), then the key's quota (a ledger
         # call); tokenization and truncation only for a request that will be scored.
-        self.router.admit(request)
-        await self._admit(caller, len(request.texts))
-        texts = request.texts
-        if request.max_tokens_per_doc is not None:
-            texts = await asyncio.to_thread(
-                self.truncator.truncate, texts, request.max_tokens_per_doc
-            )
-        result = await self.router.rerank(request, texts, arrived)
+        with self.router.admit(request):
+            await self._admit(caller, len(request.texts))
+            texts = request.texts
+            if request.max_tokens_per_doc is not None:
+                texts = await asyncio.to_thread(
+                    self.truncator.truncate, texts, request.max_tokens_per_doc
+                )
+            result = await self.router.rerank(request, texts, arrived)
         await self.recorder.record(
             UsageRecord(
                 request_id=result.id,

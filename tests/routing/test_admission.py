@@ -3,6 +3,8 @@ refusal carries (queued work / measured service rate, rounded up, at least 1 s, 
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
 
 from serve_app.errors import Overloaded
@@ -13,6 +15,7 @@ from serve_app.routing.admission import (
     drain_seconds,
 )
 from serve_app.routing.budget import ModelLoad
+from serve_app.routing.loads import LoadBoard
 
 
 class FakeBoard:
@@ -131,3 +134,22 @@ def test_a_model_without_a_bound_is_never_refused():
     board = FakeBoard()
     board.set("x", calls=10**6)
     admission(board).check(["x"])
+
+
+def test_admitted_requests_hold_their_place_before_they_reach_the_model():
+    """With the real load board: requests admitted but still being read, parsed or
+    tokenized count against the bound, so a burst cannot all pass admission at once."""
+    board = LoadBoard(["a"])
+    adm = Admission(board, {"a": QueueBound(max_ongoing_requests=1, max_queued_requests=1)})
+    with ExitStack() as held:
+        held.enter_context(board.admitted_request("a"))
+        adm.check(["a"])
+        held.enter_context(board.admitted_request("a"))
+        with pytest.raises(Overloaded):
+            adm.check(["a"])
+        # Their calls, once dispatched, are the same requests: not counted twice.
+        held.enter_context(board.dispatched("a", 10))
+        held.enter_context(board.dispatched("a", 10))
+        assert board.requests_in_flight("a") == 2
+    adm.check(["a"])
+    assert board.requests_in_flight("a") == 0
