@@ -195,8 +195,13 @@ def soak_app_args(args: argparse.Namespace, model: str, checkpoint: Path) -> dic
         ],
         "ingress": {
             "num_cpus": 0.5,
+            # Our own admission refuses beyond `max_in_flight`, in the JSON error shape;
+            # `max_ongoing_requests` far above it leaves room for the requests being
+            # refused, so Serve's proxy forwards them rather than queueing or shedding
+            # them as plain text (`max_queued_requests` -1: it never sheds).
             "max_ongoing_requests": args.ingress_max_ongoing,
             "max_queued_requests": args.ingress_max_queued,
+            "max_in_flight": getattr(args, "ingress_max_in_flight", None),
             "backpressure": {"status_code": 503, "retry_after_s": 1},
             "model_calls": {"timeout_s": 30, "failover_timeout_s": 5},
         },
@@ -214,8 +219,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients (capacity)")
     parser.add_argument("--max-ongoing", type=int, default=4, help="model max_ongoing_requests")
     parser.add_argument("--max-queued", type=int, default=8, help="model max_queued_requests")
-    parser.add_argument("--ingress-max-ongoing", type=int, default=32)
-    parser.add_argument("--ingress-max-queued", type=int, default=16)
+    parser.add_argument("--ingress-max-ongoing", type=int, default=256)
+    parser.add_argument("--ingress-max-queued", type=int, default=-1)
+    parser.add_argument("--ingress-max-in-flight", type=int, default=32)
     parser.add_argument("--cpus", type=int, default=2, help="logical CPUs for the local Ray")
     args = parser.parse_args()
 

@@ -152,7 +152,15 @@ class ModelDeploymentConfig(_Placement):
         -1,
         ge=-1,
         description="Requests waiting for a replica beyond which callers get "
-        "503 overloaded (with Retry-After); -1 is unbounded.",
+        "503 overloaded (with Retry-After); -1 is unbounded. The ingress refuses a request "
+        "it would exceed this with before tokenizing it.",
+    )
+    max_queue_wait_s: float | None = Field(
+        None,
+        gt=0,
+        description="The ingress also refuses (503 overloaded) while the work already queued "
+        "for this model would take longer than this to drain at its measured rate. Bounds "
+        "admitted latency in seconds rather than requests; None: no such bound.",
     )
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     batching: BatchingSettings = BatchingSettings()

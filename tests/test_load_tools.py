@@ -213,13 +213,18 @@ def test_soak_app_config_is_one_an_ingress_starts_with(tmp_path):
     from serve_app.service.auth import Authenticator
 
     args = argparse.Namespace(
-        max_ongoing=4, max_queued=8, ingress_max_ongoing=32, ingress_max_queued=16
+        max_ongoing=4,
+        max_queued=8,
+        ingress_max_ongoing=256,
+        ingress_max_queued=-1,
+        ingress_max_in_flight=32,
     )
     config = AppConfig.model_validate(
         soak.soak_app_args(args, "cross-encoder/ms-marco-TinyBERT-L2-v2", tmp_path)
     )
     Authenticator(config.auth)  # raises when auth is on without keys
     assert config.models[0].max_queued_requests == 8
+    assert config.ingress.admission_limit == 32 and config.ingress.max_queued_requests == -1
 
 
 def _stalled_first_answer(clock: _FakeClock, body: dict):

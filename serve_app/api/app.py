@@ -51,6 +51,9 @@ from serve_app.types import RerankResult
 ROUTES = frozenset(
     {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/usage", "/v1/routing"}
 )
+# The routes that call a model: the edge refuses them before reading the body when no
+# model can take a request.
+SCORING_PATHS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank"})
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )

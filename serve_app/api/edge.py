@@ -1,7 +1,8 @@
 """The HTTP edge, as one pure ASGI middleware in front of every route: request ids, the
-in-flight limits (per replica, per key), API-key authentication, reading the body (size
-limit, deadline; none on public paths), and per request one structured access-log line and
-one observation (route, status, error type, duration).
+in-flight limits (per replica, per key), the models' capacity check for scoring routes
+(before the body is read), API-key authentication, reading the body (size limit, deadline;
+none on public paths), and per request one structured access-log line and one observation
+(route, status, error type, duration).
 No Ray: unit tests drive it with a plain Starlette app.
 
 Access logs carry ids, sizes, statuses and timings, never a key, a query or a document.
@@ -14,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,13 @@ class EdgePolicy:
     body_timeout_s: float | None = None
     # API requests one key may have in flight here; beyond it 429 (auth off: not applied).
     max_in_flight_per_key: int | None = None
+    # Overrides `retry_after_s` for the in-flight refusal: the models' measured drain time.
+    retry_after: Callable[[], float] | None = None
+    # Paths that score (a model call per request) and the check, from the load board, that
+    # raises `Overloaded` when no model can take one now: run before the body is read, so
+    # a request that would only be refused later costs neither reading nor parsing.
+    scoring_paths: frozenset[str] = frozenset()
+    admit_scoring: Callable[[], None] | None = None
 
 
 class EdgeMiddleware:
@@ -92,6 +101,8 @@ class EdgeMiddleware:
         try:
             if scope.get("path") not in policy.public_paths:
                 _check_capacity(self.in_flight, policy)
+                if policy.admit_scoring is not None and scope.get("path") in policy.scoring_paths:
+                    policy.admit_scoring()
                 self.in_flight += 1
                 counted = True
             receive = await self._admit(scope, receive, headers, policy, state)
@@ -270,7 +281,7 @@ def _check_capacity(in_flight: int, policy: EdgePolicy) -> None:
         raise Overloaded(
             f"this server is at its limit of {policy.max_in_flight} requests in flight; "
             "retry after the time in Retry-After",
-            retry_after_s=policy.retry_after_s,
+            retry_after_s=policy.retry_after() if policy.retry_after else policy.retry_after_s,
             throttle=policy.overload_throttles,
         )
 

@@ -16,7 +16,7 @@ counts against the budget too, so `predicted_ms` is the request's, not only the 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from serve_app.catalog import Catalog, ModelCard
@@ -144,9 +144,12 @@ class BudgetPolicy:
         tokens: int,
         loads: Mapping[str, ModelLoad],
         spent_ms: float = 0.0,
+        exclude: Collection[str] = (),
     ) -> BudgetChoice:
-        """`spent_ms`: what the request has already used of its budget before this call."""
-        candidates = self.eligible(budget)
+        """`spent_ms`: what the request has already used of its budget before this call.
+        `exclude`: eligible models that cannot take a request now (full queues); ignored
+        if it would leave none."""
+        candidates = [m for m in self.eligible(budget) if m not in exclude] or self.eligible(budget)
         rates = self.predictor.rates(self.by_quality, loads)
         overheads = self.predictor.overheads(self.by_quality, loads)
         predicted = {

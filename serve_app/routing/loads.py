@@ -32,6 +32,13 @@ class LoadBoard:
         self.polled_at: dict[str, float] = {}  # time.monotonic() of the last good poll
         self.replicas: dict[str, int] = {m: 1 for m in models}
         self.inflight_tokens: dict[str, int] = {m: 0 for m in models}
+        # Calls this ingress has made and not had back: Serve bounds them per caller, so
+        # admission compares them with the model's queue bound (`routing/admission.py`).
+        self.inflight_requests: dict[str, int] = {m: 0 for m in models}
+        # Requests admitted for a model and not finished, counted from admission on: the
+        # ones still being read, parsed or tokenized hold their place too, so a burst
+        # cannot all pass admission before any of it reaches the model.
+        self.admitted: dict[str, int] = {m: 0 for m in models}
         self._foreign_tokens: dict[str, int] = {m: 0 for m in models}
         self.overhead_ms: dict[str, float] = {}
 
@@ -42,10 +49,12 @@ class LoadBoard:
         rate = snap.seconds_per_token if snap else None
         started = time.perf_counter()
         self.inflight_tokens[model] += tokens
+        self.inflight_requests[model] += 1
         try:
             yield
         finally:
             self.inflight_tokens[model] -= tokens
+            self.inflight_requests[model] -= 1
         if idle and rate is not None:
             sample = max(0.0, (time.perf_counter() - started) * 1000.0 - tokens * rate * 1000.0)
             old = self.overhead_ms.get(model)
@@ -59,6 +68,20 @@ class LoadBoard:
         self.snapshots[model] = snapshot
         self.polled_at[model] = time.monotonic()
         self._foreign_tokens[model] = max(0, held - inflight_when_sent)
+
+    @contextmanager
+    def admitted_request(self, model: str) -> Iterator[None]:
+        self.admitted[model] += 1
+        try:
+            yield
+        finally:
+            self.admitted[model] -= 1
+
+    def requests_in_flight(self, model: str) -> int:
+        """Calls this ingress holds at the model, counting admitted requests not yet
+        dispatched (a call outside an admission, e.g. shadow scoring, counts when the
+        admitted ones do not outnumber the calls)."""
+        return max(self.admitted[model], self.inflight_requests[model])
 
     def loads(self) -> dict[str, ModelLoad]:
         out = {}
@@ -81,6 +104,7 @@ class LoadBoard:
                 "seconds_per_token": loads[m].seconds_per_token,
                 "queued_tokens": loads[m].queued_tokens,
                 "inflight_tokens": self.inflight_tokens[m],
+                "inflight_requests": self.inflight_requests[m],
                 "replicas": loads[m].replicas,
                 "overhead_ms": loads[m].overhead_ms,
                 "batches_measured": loads[m].batches_measured,

@@ -12,14 +12,16 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
 from serve_app.catalog import Catalog
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidRequest
+from serve_app.errors import InvalidRequest, Overloaded
 from serve_app.model.tokenization import EncodedPairs, PairEncoders
 from serve_app.observer import NullObserver, Observer
+from serve_app.routing.admission import Admission, drain_seconds
 from serve_app.routing.budget import BudgetPolicy
 from serve_app.routing.cascade import merge, select_pairs
 from serve_app.routing.loads import LoadBoard
@@ -62,6 +64,7 @@ class Router:
         self.encoders = encoders
         self.score_fn = score
         self.board = board
+        self.admission = Admission.from_config(config, board)
         self.observer = observer
         routing = config.routing
         self.default_budget = routing.default_budget.as_budget()
@@ -71,6 +74,26 @@ class Router:
         self.shadow_sampler = FractionSampler(routing.shadow.fraction) if routing.shadow else None
         self.agreement = AgreementSummary()
         self._background: set[asyncio.Task] = set()
+
+    def admit(self, request: RerankRequest) -> AbstractContextManager[None]:
+        """Raises `Overloaded` when no model this request could go to can take it now;
+        from the request's fields alone (no tokenization), so a refusal costs nothing.
+        Named: that model; `auto`: any eligible one; cascade: its first stage. Admitted:
+        a reservation on that model, to hold while the request is worked on (none for
+        `auto`, whose model is chosen later: its call counts once dispatched)."""
+        requested = (request.model or "").strip().lower()
+        if request.cascade is not None or requested == CASCADE:
+            spec = request.cascade
+            first = spec.first if spec and spec.first else self.cascade_defaults.first
+            model = self.names.resolve(first, "cascade.first").model
+        elif requested == AUTO or (not requested and not request.budget.is_empty):
+            budget = self.default_budget if request.budget.is_empty else request.budget
+            self.admission.check(self.policy.eligible(budget))
+            return nullcontext()
+        else:
+            model = self.names.resolve(request.model).model
+        self.admission.check([model])
+        return self.board.admitted_request(model)
 
     async def rerank(
         self, request: RerankRequest, texts: list[str], arrived: float | None = None
@@ -121,9 +144,10 @@ class Router:
         pairs = await self.encoders.encode(probe, request.query, texts)
         loads = self.board.loads()
         spent = self._spent_ms(arrived)
-        choice = self.policy.choose(budget, pairs.total_tokens, loads, spent)
+        full = self.admission.full_models(candidates)  # admitted: not all of them
+        choice = self.policy.choose(budget, pairs.total_tokens, loads, spent, exclude=full)
         model, predicted, policy = choice.model, choice.predicted_ms, "budget"
-        diverted = self.splitter.divert(model, candidates)
+        diverted = self.splitter.divert(model, [m for m in candidates if m not in full])
         if diverted is not None:
             model, policy = diverted, "split"
             predicted = spent + self.policy.predict(model, pairs.total_tokens, loads)
@@ -196,8 +220,16 @@ class Router:
     # -- plumbing ---------------------------------------------------------------------
 
     async def _score(self, model: str, pairs: EncodedPairs) -> np.ndarray:
-        with self.board.dispatched(model, pairs.total_tokens):
-            return await self.score_fn(model, pairs)
+        try:
+            with self.board.dispatched(model, pairs.total_tokens):
+                return await self.score_fn(model, pairs)
+        except Overloaded as e:
+            # Serve's queue refused after all (another ingress's calls, a replica count one
+            # poll old): the wait is the model's drain time once it is measured.
+            if drain_seconds(self.board.loads()[model]) is None:
+                raise
+            retry_after_s = self.admission.retry_after_s(model)
+            raise Overloaded(e.message, retry_after_s, throttle=e.throttle) from e
 
     def _spent_ms(self, arrived: float) -> float:
         return (self.clock() - arrived) * 1000.0

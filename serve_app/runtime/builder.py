@@ -17,7 +17,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
+from serve_app.api.app import PUBLIC_PATHS, ROUTES, SCORING_PATHS, create_app
 from serve_app.api.edge import EdgePolicy
 from serve_app.catalog import load_catalog
 from serve_app.config import AppConfig
@@ -89,6 +89,10 @@ def build_frontend(
         retry_after_s=backpressure.retry_after_s,
         body_timeout_s=config.limits.body_timeout_s,
         max_in_flight_per_key=config.ingress.per_key_limit,
+        retry_after=lambda: router.admission.soonest_retry_after_s(config.enabled_models),
+        scoring_paths=SCORING_PATHS,
+        # Before the body: refused only when every model is full, whatever it names.
+        admit_scoring=lambda: router.admission.check(config.enabled_models),
     )
 
     async def background() -> None:  # the stats poller and the readiness refresh

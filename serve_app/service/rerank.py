@@ -1,7 +1,8 @@
 """The rerank service: the pipeline every request goes through, whatever route it came in
-on. Limits, quota admission, Cohere's per-document truncation, routing and scoring (the
-router), then billing, which happens before the answer: a request the ledger has not
-counted is not served. Also the read-only views: usage, models, readiness, routing.
+on. Limits, capacity admission (the router's, from the load board), quota admission,
+Cohere's per-document truncation, routing and scoring (the router), then billing, which
+happens before the answer: a request the ledger has not counted is not served.
+Also the read-only views: usage, models, readiness, routing.
 
 No HTTP and no Ray: failures are `serve_app.errors` types, the model deployments and the
 ledger are reached through the interfaces in `ports.py`.
@@ -55,15 +56,18 @@ class RerankService:
         """`arrived`: `time.perf_counter()` when the request reached the edge; a latency
         budget counts from then."""
         check_limits(self.config.limits, request)
-        # What will be scored: a cascade scores its kept documents twice.
-        await self._admit(caller, self.router.documents_to_score(request))
-        texts = request.texts
-        if request.max_tokens_per_doc is not None:
-            # On the tokenizer threads: bounded, like all tokenization in this process.
-            texts = await self.router.encoders.run(
-                self.truncator.truncate, texts, request.max_tokens_per_doc
-            )
-        result = await self.router.rerank(request, texts, arrived)
+        # Capacity first (synchronous, from the load board), then the key's quota (a ledger
+        # call) for what will be scored (a cascade scores its kept documents twice);
+        # tokenization and truncation only for a request that will be scored.
+        with self.router.admit(request):
+            await self._admit(caller, self.router.documents_to_score(request))
+            texts = request.texts
+            if request.max_tokens_per_doc is not None:
+                # On the tokenizer threads: bounded, like all tokenization in this process.
+                texts = await self.router.encoders.run(
+                    self.truncator.truncate, texts, request.max_tokens_per_doc
+                )
+            result = await self.router.rerank(request, texts, arrived)
         await self.recorder.record(
             UsageRecord(
                 request_id=result.id,

@@ -1,0 +1,155 @@
+"""Admission from a fake load board: when a model counts as full, and the Retry-After a
+refusal carries (queued work / measured service rate, rounded up, at least 1 s, capped)."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import pytest
+
+from serve_app.errors import Overloaded
+from serve_app.routing.admission import (
+    RETRY_AFTER_CAP_S,
+    Admission,
+    QueueBound,
+    drain_seconds,
+)
+from serve_app.routing.budget import ModelLoad
+from serve_app.routing.loads import LoadBoard
+
+
+class FakeBoard:
+    """Loads and calls in flight set directly by each test."""
+
+    def __init__(self) -> None:
+        self.load: dict[str, ModelLoad] = {}
+        self.calls: dict[str, int] = {}
+
+    def set(self, model: str, calls: int = 0, **load) -> None:
+        self.calls[model] = calls
+        self.load[model] = ModelLoad(**{"seconds_per_token": None, **load})
+
+    def loads(self) -> dict[str, ModelLoad]:
+        return dict(self.load)
+
+    def requests_in_flight(self, model: str) -> int:
+        return self.calls[model]
+
+
+def admission(board: FakeBoard, **bounds: QueueBound) -> Admission:
+    return Admission(board, bounds)
+
+
+def test_a_model_is_full_at_replicas_times_ongoing_plus_queued_calls():
+    board = FakeBoard()
+    adm = admission(board, a=QueueBound(max_ongoing_requests=4, max_queued_requests=8))
+    board.set("a", calls=11, replicas=1)
+    adm.check(["a"])  # one short of 4 + 8: admitted
+    board.set("a", calls=12, replicas=1)
+    with pytest.raises(Overloaded):
+        adm.check(["a"])
+    board.set("a", calls=12, replicas=2)  # a second replica takes 4 more
+    adm.check(["a"])
+    board.set("a", calls=16, replicas=0)  # no replica: the failover path's case, counted as one
+    with pytest.raises(Overloaded):
+        adm.check(["a"])
+
+
+def test_an_unbounded_serve_queue_is_never_full_by_count():
+    board = FakeBoard()
+    adm = admission(board, a=QueueBound(max_ongoing_requests=1, max_queued_requests=-1))
+    board.set("a", calls=10_000)
+    adm.check(["a"])
+
+
+def test_queued_work_over_max_queue_wait_is_full_once_the_rate_is_measured():
+    board = FakeBoard()
+    bound = QueueBound(max_ongoing_requests=100, max_queued_requests=-1, max_queue_wait_s=2.0)
+    adm = admission(board, a=bound)
+    # 30k tokens at 0.1 ms each: 3 s of work, but no batch measured yet: not judged.
+    board.set("a", queued_tokens=30_000, seconds_per_token=1e-4, batches_measured=0)
+    adm.check(["a"])
+    board.set("a", queued_tokens=30_000, seconds_per_token=1e-4, batches_measured=5)
+    with pytest.raises(Overloaded, match="needs 3.0s"):
+        adm.check(["a"])
+    # Two replicas drain it in 1.5 s.
+    board.set("a", queued_tokens=30_000, seconds_per_token=1e-4, batches_measured=5, replicas=2)
+    adm.check(["a"])
+
+
+@pytest.mark.parametrize(
+    "queued_tokens, replicas, expected",
+    [
+        (25_000, 1, 3.0),  # 2.5 s of work: rounded up
+        (25_000, 2, 2.0),  # 1.25 s per replica: rounded up
+        (1_000, 1, 1.0),  # 0.1 s: never below a second
+        (0, 1, 1.0),
+        (10_000_000, 1, float(RETRY_AFTER_CAP_S)),  # 1000 s: capped
+    ],
+)
+def test_retry_after_is_the_drain_time_rounded_up_and_capped(queued_tokens, replicas, expected):
+    board = FakeBoard()
+    adm = admission(board, a=QueueBound(1, 1, fallback_retry_after_s=7))
+    board.set(
+        "a",
+        calls=5,  # over 2 replicas x 1 ongoing + 1 queued
+        queued_tokens=queued_tokens,
+        seconds_per_token=1e-4,
+        batches_measured=3,
+        replicas=replicas,
+    )
+    with pytest.raises(Overloaded) as refused:
+        adm.check(["a"])
+    assert refused.value.retry_after_s == expected
+    assert adm.retry_after_s("a") == expected
+
+
+def test_retry_after_falls_back_to_the_configured_value_until_a_rate_is_measured():
+    board = FakeBoard()
+    adm = admission(board, a=QueueBound(1, 1, fallback_retry_after_s=7))
+    board.set("a", calls=2, queued_tokens=25_000)
+    assert drain_seconds(board.load["a"]) is None
+    with pytest.raises(Overloaded) as refused:
+        adm.check(["a"])
+    assert refused.value.retry_after_s == 7
+
+
+def test_a_request_any_of_several_models_could_serve_is_refused_only_when_all_are_full():
+    board = FakeBoard()
+    adm = admission(
+        board, a=QueueBound(1, 1), b=QueueBound(1, 1, throttle=True, fallback_retry_after_s=9)
+    )
+    board.set("a", calls=2, queued_tokens=50_000, seconds_per_token=1e-4, batches_measured=1)
+    board.set("b", calls=0)
+    adm.check(["a", "b"])
+    board.set("b", calls=2, queued_tokens=20_000, seconds_per_token=1e-4, batches_measured=1)
+    with pytest.raises(Overloaded) as refused:
+        adm.check(["a", "b"])
+    # The soonest to drain (b: 2 s, a: 5 s) sets the wait and the status choice.
+    assert refused.value.retry_after_s == 2 and refused.value.throttle
+    assert adm.soonest_retry_after_s(["a", "b"]) == 2
+
+
+def test_a_model_without_a_bound_is_never_refused():
+    board = FakeBoard()
+    board.set("x", calls=10**6)
+    admission(board).check(["x"])
+
+
+def test_admitted_requests_hold_their_place_before_they_reach_the_model():
+    """With the real load board: requests admitted but still being read, parsed or
+    tokenized count against the bound, so a burst cannot all pass admission at once."""
+    board = LoadBoard(["a"])
+    adm = Admission(board, {"a": QueueBound(max_ongoing_requests=1, max_queued_requests=1)})
+    with ExitStack() as held:
+        held.enter_context(board.admitted_request("a"))
+        adm.check(["a"])
+        held.enter_context(board.admitted_request("a"))
+        with pytest.raises(Overloaded):
+            adm.check(["a"])
+        # Their calls, once dispatched, are the same requests: not counted twice.
+        held.enter_context(board.dispatched("a", 10))
+        held.enter_context(board.dispatched("a", 10))
+        assert board.requests_in_flight("a") == 2
+    adm.check(["a"])
+    assert board.requests_in_flight("a") == 0
