@@ -6,8 +6,10 @@ Nothing else happens here. `create_app` takes the service and the edge policy re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Query, Security
@@ -46,17 +48,37 @@ from serve_app.config import QuotaSettings
 from serve_app.errors import InvalidJSON, InvalidRequest, RerankError
 from serve_app.service.auth import ANONYMOUS, Principal
 from serve_app.service.rerank import RerankService
+from serve_app.service.traffic import RecentTraffic, TeeObserver
 from serve_app.types import RerankResult
 
-ROUTES = frozenset(
-    {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/v1/usage", "/v1/routing"}
-)
+RERANK_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank"})
 # The routes that call a model: the edge refuses them before reading the body when no
 # model can take a request.
-SCORING_PATHS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank"})
+SCORING_PATHS = RERANK_ROUTES
+ROUTES = RERANK_ROUTES | {"/v1/models", "/v1/usage", "/v1/routing", "/v1/traffic"}
+# The playground and status pages (`serve_app/api/pages/`): static files, path -> (file,
+# media type). Public: they hold no secrets and must load before a key is typed; every API
+# call they make carries the key and goes through the normal auth, quotas and billing.
+PAGES = {
+    "/": ("playground.html", "text/html; charset=utf-8"),
+    "/status": ("status.html", "text/html; charset=utf-8"),
+    "/pages/pages.css": ("pages.css", "text/css; charset=utf-8"),
+    "/pages/api.js": ("api.js", "text/javascript; charset=utf-8"),
+    "/pages/playground.js": ("playground.js", "text/javascript; charset=utf-8"),
+    "/pages/status.js": ("status.js", "text/javascript; charset=utf-8"),
+}
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", *PAGES}
 )
+# The pages may talk to this origin only, run only their own files, and never be framed.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 # TEI's body calls the documents `texts`: errors name the field as the client spelt it.
 TEI_FIELDS = {"documents": "texts"}
 
@@ -96,8 +118,12 @@ def create_app(
         description="Cross-encoder reranking (cross-encoder/ms-marco v2 family) on Ray Serve.",
         lifespan=lifespan,
     )
+    # The status page's totals and recent latencies: every request the edge answers.
+    traffic = RecentTraffic(RERANK_ROUTES)
+    edge = dataclasses.replace(edge, observer=TeeObserver(edge.observer, traffic))
     app.add_middleware(EdgeMiddleware, policy=edge)
     _add_error_handlers(app)
+    _add_pages(app)
 
     async def rerank(
         request: Request, response: Response, body: RerankRequest | TEIRerankRequest
@@ -168,6 +194,14 @@ def create_app(
         default budget, cascade, splits and shadow agreement so far."""
         return service.routing_state()
 
+    @app.get("/v1/traffic", dependencies=[_bearer])
+    async def recent_traffic() -> dict:
+        """What this ingress replica has answered: rerank requests and errors (by type)
+        since it started, and per model the latency p50/p99 (ms, at the ingress) and
+        documents per second over the last `window_s`. With several ingress replicas,
+        each reports its own share."""
+        return traffic.snapshot(service.config.enabled_models)
+
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS, dependencies=[_bearer])
     async def list_models() -> ModelList:
         """The models served, with catalog metadata and running replicas."""
@@ -185,6 +219,24 @@ def create_app(
         return JSONResponse({"status": "ready", "models": await service.check_ready()})
 
     return app
+
+
+def _add_pages(app: FastAPI) -> None:
+    folder = resources.files("serve_app.api") / "pages"
+    for path, (name, media_type) in PAGES.items():
+        app.add_api_route(
+            path,
+            _static((folder / name).read_bytes(), media_type),
+            methods=["GET"],
+            include_in_schema=False,
+        )
+
+
+def _static(content: bytes, media_type: str) -> Callable[[], Awaitable[Response]]:
+    async def page() -> Response:
+        return Response(content, media_type=media_type, headers=PAGE_HEADERS)
+
+    return page
 
 
 def _caller(request: Request) -> Principal:

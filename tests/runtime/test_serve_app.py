@@ -158,6 +158,17 @@ def test_health_and_readiness(url):
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
 
 
+def test_the_pages_and_their_traffic_endpoint_come_through_serves_proxy(url):
+    for path in ("/", "/status", "/pages/api.js"):
+        page = httpx.get(f"{url}{path}", timeout=10)
+        assert (
+            page.status_code == 200
+            and "connect-src 'self'" in page.headers["content-security-policy"]
+        ), path
+    traffic = httpx.get(f"{url}/v1/traffic", timeout=10).json()
+    assert isinstance(traffic["requests"], int) and set(traffic["models"]) == set(ALL_MODELS)
+
+
 def test_openapi_describes_the_rerank_endpoint(url):
     spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
     assert {"/v1/rerank", "/v1/models", "/healthz", "/readyz"} <= set(spec["paths"])
