@@ -89,18 +89,23 @@ def plot(engine: dict, http: dict, out: str) -> None:
     series = ["predict per query"] + backends
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(series)
+    # Relative to predict per query, so models of very different speeds share one axis;
+    # each bar is labelled with its documents/s.
     for i, name in enumerate(series):
-        values = [
-            engine.get(k, {}).get("sentence_transformers_per_query_docs_per_s", 0)
-            if name == "predict per query"
-            else http.get((*k, name), {}).get("docs_per_s", 0)
+        reference = [
+            engine.get(k, {}).get("sentence_transformers_per_query_docs_per_s") or np.nan
             for k in keys
         ]
-        bars = ax.bar(np.arange(len(keys)) + i * width, values, width, label=name)
-        ax.bar_label(bars, fontsize=7)
+        docs = [
+            ref if name == "predict per query" else http.get((*k, name), {}).get("docs_per_s")
+            for k, ref in zip(keys, reference)
+        ]
+        ratios = [d / r if d else 0 for d, r in zip(docs, reference)]
+        bars = ax.bar(np.arange(len(keys)) + i * width, ratios, width, label=name)
+        ax.bar_label(bars, labels=[f"{d:.0f}" if d else "" for d in docs], fontsize=7)
     ax.set_xticks(np.arange(len(keys)) + width * (len(series) - 1) / 2)
     ax.set_xticklabels([f"{_short(m)} ({s})" for m, s in keys])
-    ax.set_ylabel("documents / s (2 cores)")
+    ax.set_ylabel("× CrossEncoder.predict per query (labels: docs/s)")
     ax.set_title("Through HTTP by backend, against CrossEncoder.predict per query (random weights)")
     ax.legend(fontsize=8)
     fig.tight_layout()
