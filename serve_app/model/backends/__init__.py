@@ -53,6 +53,46 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+class GraphBackend:
+    """What ONNX Runtime and OpenVINO share: an exported graph on CPU fed the three BERT
+    inputs in numpy, run synchronously on the forward thread, with its own thread pool.
+    A subclass sets `path`, `quantization`, `cpu_threads`, `_inputs` (the graph's input
+    names) and `runtime` (its package and version), and implements `_run`."""
+
+    pad_multiple = 1
+    name: BackendName
+    quantization: Quantization
+    cpu_threads: int | None
+    path: Any
+    runtime: dict[str, str]
+    _inputs: set[str]
+
+    def use_this_thread(self) -> None:
+        """The runtime owns its thread pool: nothing per calling thread."""
+
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's first output, (rows, 1) logits."""
+        raise NotImplementedError
+
+    def launch(self, ids: np.ndarray, lengths: np.ndarray, heads: np.ndarray) -> np.ndarray:
+        feed = {k: v for k, v in cpu_inputs(ids, lengths, heads).items() if k in self._inputs}
+        return self._run(feed)[:, 0]
+
+    def collect(self, launched: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(launched).astype(np.float32, copy=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "quantization": self.quantization,
+            "device": "cpu",
+            "dtype": "int8" if self.quantization == "int8" else "float32",
+            "cpu_threads": self.cpu_threads,
+            "file": self.path.name,
+            **self.runtime,
+        }
+
+
 def installed(backend: BackendName) -> bool:
     return importlib.util.find_spec(_PACKAGE[backend]) is not None
 

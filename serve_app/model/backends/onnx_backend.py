@@ -3,19 +3,17 @@ fp32 by default, dynamic int8 when asked."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import onnxruntime as ort
 
 from serve_app.config import Quantization
-from serve_app.model.backends import cpu_inputs
+from serve_app.model.backends import GraphBackend
 from serve_app.model.exports import onnx_file
 
 
-class OnnxBackend:
+class OnnxBackend(GraphBackend):
     name = "onnx"
-    pad_multiple = 1
+    runtime = {"onnxruntime": ort.__version__}
 
     def __init__(
         self,
@@ -39,23 +37,5 @@ class OnnxBackend:
         )
         self._inputs = {i.name for i in self.session.get_inputs()}
 
-    def use_this_thread(self) -> None:
-        """ONNX Runtime owns its thread pool: nothing per calling thread."""
-
-    def launch(self, ids: np.ndarray, lengths: np.ndarray, heads: np.ndarray) -> np.ndarray:
-        feed = {k: v for k, v in cpu_inputs(ids, lengths, heads).items() if k in self._inputs}
-        return self.session.run(None, feed)[0][:, 0]
-
-    def collect(self, launched: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(launched).astype(np.float32, copy=False)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "quantization": self.quantization,
-            "device": "cpu",
-            "dtype": "int8" if self.quantization == "int8" else "float32",
-            "cpu_threads": self.cpu_threads,
-            "file": self.path.name,
-            "onnxruntime": ort.__version__,
-        }
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feed)[0]

@@ -12,7 +12,7 @@ import numpy as np
 import openvino as ov
 
 from serve_app.config import Quantization
-from serve_app.model.backends import cpu_inputs
+from serve_app.model.backends import GraphBackend, cpu_inputs
 from serve_app.model.exports import OPENVINO_FP32, OPENVINO_INT8, cached, onnx_file, shipped_file
 
 logger = logging.getLogger(__name__)
@@ -20,9 +20,9 @@ logger = logging.getLogger(__name__)
 CALIBRATION_BATCHES = 10
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(GraphBackend):
     name = "openvino"
-    pad_multiple = 1
+    runtime = {"openvino": ov.__version__}
 
     def __init__(
         self,
@@ -56,27 +56,9 @@ class OpenVinoBackend:
         self._inputs = {name for i in self.compiled.inputs for name in i.get_names()}
         self._request = self.compiled.create_infer_request()
 
-    def use_this_thread(self) -> None:
-        """OpenVINO owns its thread pool: nothing per calling thread."""
-
-    def launch(self, ids: np.ndarray, lengths: np.ndarray, heads: np.ndarray) -> np.ndarray:
-        feed = {k: v for k, v in cpu_inputs(ids, lengths, heads).items() if k in self._inputs}
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         # One request object, reused: batches run one at a time on the forward thread.
-        return self._request.infer(feed)[self.compiled.output(0)][:, 0].copy()
-
-    def collect(self, launched: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(launched).astype(np.float32, copy=False)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "quantization": self.quantization,
-            "device": "cpu",
-            "dtype": "int8" if self.quantization == "int8" else "float32",
-            "cpu_threads": self.cpu_threads,
-            "file": self.path.name,
-            "openvino": ov.__version__,
-        }
+        return self._request.infer(feed)[self.compiled.output(0)].copy()
 
 
 def _quantize(
