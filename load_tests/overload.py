@@ -34,7 +34,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from load_tests.soak import DOCS, QUERY, serve_memory_mb, soak_app_args  # noqa: E402
+from load_tests.soak import (  # noqa: E402
+    DOCS,
+    QUERY,
+    serve_memory_mb,
+    serve_on_loopback,
+    soak_app_args,
+)
 
 LUA = Path(__file__).with_name("paced.lua")
 PATH = "/v1/rerank"
@@ -206,8 +212,6 @@ def main() -> None:
 
     from serve_app.catalog import load_catalog
     from serve_app.model.checkpoints import write_random_checkpoint
-    from serve_app.runtime.builder import build_app
-    from tests.conftest import free_port
 
     card = load_catalog().resolve(args.model)
     work = Path(tempfile.mkdtemp(prefix="rerank-overload-"))
@@ -232,18 +236,7 @@ def main() -> None:
         "runs": [],
     }
     try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(app_args), name="rerank", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        url = serve_on_loopback(app_args)
         pids = serve_pids()
         report["niceness"] = niceness(pids)
         ingress_pid = next(pid for name, pid in pids.items() if "RerankIngress" in name)

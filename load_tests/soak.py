@@ -174,6 +174,30 @@ def serve_memory_mb() -> dict[str, float]:
     return rss
 
 
+def serve_on_loopback(app_args: dict, ready_within_s: float = 300) -> str:
+    """Start the app on a free loopback port of the running Ray; its URL once `/readyz`
+    answers 200 (or the deadline passes: the load then shows what a cold service does).
+    Imports Ray here: callers set Ray's environment variables first."""
+    from ray import serve
+
+    from serve_app.runtime.builder import build_app
+    from tests.conftest import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(app_args), name="rerank", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_within_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return url
+
+
 def soak_app_args(args: argparse.Namespace, model: str, checkpoint: Path) -> dict:
     """The app under test: one model and the ingress with the given queue limits. Auth is
     off: the load goes to loopback only, and keys would only add their hashing."""
@@ -230,8 +254,6 @@ def main() -> None:
 
     from serve_app.catalog import load_catalog
     from serve_app.model.checkpoints import write_random_checkpoint
-    from serve_app.runtime.builder import build_app
-    from tests.conftest import free_port
 
     card = load_catalog().resolve(args.model)
     checkpoint = Path(tempfile.mkdtemp(prefix="rerank-soak-")) / card.short_name
@@ -239,18 +261,7 @@ def main() -> None:
     app_args = soak_app_args(args, card.name, checkpoint)
     ray.init(address="local", num_cpus=args.cpus, num_gpus=1, log_to_driver=False)
     try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(app_args), name="rerank", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        url = serve_on_loopback(app_args)
         order = expected_order(url, card.name)
         asyncio.run(closed_loop(url, card.name, order, args.concurrency, 3))  # warm up
         probe = asyncio.run(closed_loop(url, card.name, order, args.concurrency, args.probe_s))
