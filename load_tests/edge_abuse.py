@@ -54,7 +54,7 @@ def serve(port: int, limits: dict, root: str) -> None:
     from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
     from serve_app.api.edge import EdgePolicy
     from serve_app.catalog import load_catalog
-    from serve_app.config import AppConfig
+    from serve_app.config import AppConfig, UsageConfig
     from serve_app.model.tokenization import PairEncoders
     from serve_app.routing.loads import LoadBoard
     from serve_app.routing.router import Router
@@ -72,7 +72,13 @@ def serve(port: int, limits: dict, root: str) -> None:
     models = LengthScores()
     encoders = PairEncoders.load(config.models, config.ingress.tokenizer_threads)
     router = Router(config, load_catalog(), encoders, models.score, LoadBoard([TINY]))
-    service = RerankService(config, load_catalog(), router, models, LocalLedger())
+    service = RerankService(
+        config,
+        load_catalog(),
+        router,
+        models,
+        LocalLedger(UsageConfig(sqlite_path=str(Path(root).parent / "usage.db"))),
+    )
     edge = EdgePolicy(
         authenticator=Authenticator(config.auth, environ={}),
         max_body_bytes=config.limits.max_body_bytes,

@@ -30,7 +30,7 @@ def build(root: Path, model: str):
     from serve_app.api.app import PUBLIC_PATHS, ROUTES, SCORING_PATHS, create_app
     from serve_app.api.edge import EdgePolicy
     from serve_app.catalog import load_catalog
-    from serve_app.config import AppConfig
+    from serve_app.config import AppConfig, UsageConfig
     from serve_app.model.checkpoints import write_random_checkpoint
     from serve_app.model.tokenization import PairEncoders
     from serve_app.routing.loads import LoadBoard
@@ -61,7 +61,13 @@ def build(root: Path, model: str):
 
     encoders = PairEncoders.load(config.models, threads=1)
     router = Router(config, load_catalog(), encoders, never_called, board)
-    service = RerankService(config, load_catalog(), router, None, LocalLedger())
+    service = RerankService(
+        config,
+        load_catalog(),
+        router,
+        None,
+        LocalLedger(UsageConfig(sqlite_path=str(root / "usage.db"))),
+    )
     edge = EdgePolicy(
         authenticator=Authenticator(config.auth, environ={}),
         max_body_bytes=config.limits.max_body_bytes,

@@ -7,6 +7,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,22 @@ def start_serve_app(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@contextmanager
+def uvicorn_on_loopback(app: Any) -> Iterator[str]:
+    """Serve an ASGI app (the in-process API) on a free loopback port in a thread; its
+    base URL until the block ends, then the server stops."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 30, "uvicorn to start")
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

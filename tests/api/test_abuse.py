@@ -19,7 +19,7 @@ from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
 from serve_app.api.edge import EdgePolicy
 from serve_app.api.schemas import RerankRequest, TEIRerankRequest
 from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, UsageConfig
 from serve_app.model.tokenization import PairEncoders
 from serve_app.routing.loads import LoadBoard
 from serve_app.routing.router import Router
@@ -27,7 +27,7 @@ from serve_app.service.auth import Authenticator, hash_key
 from serve_app.service.rerank import RerankService
 from serve_app.service.usage import LocalLedger
 from tests.api.test_app import FakeModels, Recorder
-from tests.conftest import checkpoint_path, free_port
+from tests.conftest import checkpoint_path, free_port, usage_db_path
 
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
 L12 = "cross-encoder/ms-marco-MiniLM-L12-v2"
@@ -75,7 +75,14 @@ def build(root, limits: dict[str, Any] | None = None, **edge: Any):
     catalog, models = load_catalog(), CountingModels(config.enabled_models)
     encoders = PairEncoders.load(config.models, threads=2)
     router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
-    service = RerankService(config, catalog, router, models, LocalLedger(), Recorder())
+    service = RerankService(
+        config,
+        catalog,
+        router,
+        models,
+        LocalLedger(UsageConfig(sqlite_path=usage_db_path(root))),
+        Recorder(),
+    )
     policy = EdgePolicy(
         authenticator=Authenticator(config.auth, environ={}),
         max_body_bytes=config.limits.max_body_bytes,

@@ -16,7 +16,7 @@ from serve_app import errors
 from serve_app.api.app import PUBLIC_PATHS, ROUTES, SCORING_PATHS, create_app
 from serve_app.api.edge import EdgePolicy
 from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, UsageConfig
 from serve_app.model.stats import ModelStatsSnapshot
 from serve_app.model.tokenization import EncodedPairs, PairEncoders
 from serve_app.observer import NullObserver
@@ -25,7 +25,7 @@ from serve_app.routing.router import Router
 from serve_app.service.auth import Authenticator, hash_key
 from serve_app.service.rerank import RerankService
 from serve_app.service.usage import LocalLedger
-from tests.conftest import checkpoint_path
+from tests.conftest import checkpoint_path, usage_db_path
 
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
 L12 = "cross-encoder/ms-marco-MiniLM-L12-v2"
@@ -105,7 +105,13 @@ class Parts:
         self.board = LoadBoard(config.enabled_models)
         router = Router(config, load_catalog(), encoders, self.models.score, self.board)
         self.router = router
-        self.service = RerankService(config, load_catalog(), router, self.models, LocalLedger())
+        self.service = RerankService(
+            config,
+            load_catalog(),
+            router,
+            self.models,
+            LocalLedger(UsageConfig(sqlite_path=usage_db_path(root))),
+        )
         self.truncations = 0
         truncate = self.service.truncator.truncate
 

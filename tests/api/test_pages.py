@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from serve_app import errors
 from serve_app.api.app import PAGES, PUBLIC_PATHS, ROUTES, create_app
 from serve_app.api.edge import EdgePolicy
 from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, UsageConfig
 from serve_app.model.tokenization import PairEncoders
 from serve_app.routing.loads import LoadBoard
 from serve_app.routing.router import Router
@@ -33,7 +31,7 @@ from serve_app.service.auth import Authenticator, hash_key
 from serve_app.service.rerank import RerankService
 from serve_app.service.usage import LocalLedger
 from tests.api.test_app import FakeModels
-from tests.conftest import checkpoint_path, wait_until
+from tests.conftest import checkpoint_path, usage_db_path, uvicorn_on_loopback
 
 CHROMIUM = Path("/usr/bin/chromium")
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
@@ -76,25 +74,21 @@ def serve(checkpoint_root: Path, keyed: bool) -> Iterator[Served]:
     catalog, models = load_catalog(), FakeModels(config.enabled_models)
     encoders = PairEncoders.load(config.models, threads=1)
     router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
-    service = RerankService(config, catalog, router, models, LocalLedger())
+    service = RerankService(
+        config,
+        catalog,
+        router,
+        models,
+        LocalLedger(UsageConfig(sqlite_path=usage_db_path(checkpoint_root))),
+    )
     edge = EdgePolicy(
         authenticator=Authenticator(config.auth, environ={}),
         max_body_bytes=config.limits.max_body_bytes,
         public_paths=PUBLIC_PATHS,
         known_paths=ROUTES | PUBLIC_PATHS,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(service, edge), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, 30, "uvicorn to start")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield Served(f"http://127.0.0.1:{port}", models, keyed)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with uvicorn_on_loopback(create_app(service, edge)) as url:
+        yield Served(url, models, keyed)
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,17 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import ir_measures
 import numpy as np
 import pytest
-import uvicorn
 
 from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
 from serve_app.api.edge import EdgePolicy
 from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, UsageConfig
 from serve_app.eval.cli import main
 from serve_app.model.tokenization import EncodedPairs, PairEncoders
 from serve_app.routing.loads import LoadBoard
@@ -30,7 +28,7 @@ from serve_app.routing.router import Router
 from serve_app.service.auth import Authenticator, hash_key
 from serve_app.service.rerank import RerankService
 from serve_app.service.usage import LocalLedger
-from tests.conftest import checkpoint_path, wait_until
+from tests.conftest import checkpoint_path, usage_db_path, uvicorn_on_loopback
 
 DATA = Path(__file__).parent / "data"
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
@@ -68,25 +66,21 @@ def base_url(checkpoint_root) -> Iterator[str]:
     catalog, models = load_catalog(), TokenCountModels(config.enabled_models)
     encoders = PairEncoders.load(config.models, threads=1)
     router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
-    service = RerankService(config, catalog, router, models, LocalLedger())
+    service = RerankService(
+        config,
+        catalog,
+        router,
+        models,
+        LocalLedger(UsageConfig(sqlite_path=usage_db_path(checkpoint_root))),
+    )
     edge = EdgePolicy(
         authenticator=Authenticator(config.auth, environ={}),
         max_body_bytes=config.limits.max_body_bytes,
         public_paths=PUBLIC_PATHS,
         known_paths=ROUTES | PUBLIC_PATHS,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(service, edge), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, 30, "uvicorn to start")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with uvicorn_on_loopback(create_app(service, edge)) as url:
+        yield url
 
 
 def test_two_models_cascade_and_auto_through_the_api_with_a_report_and_a_plot(base_url, tmp_path):
