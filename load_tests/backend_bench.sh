@@ -2,7 +2,8 @@
 # Backends on a 2-core CPU (docs/PERFORMANCE.md, "Inference backends"): for each model,
 # in-process docs/s of every backend against CrossEncoder.predict (torch fp32) in the same
 # run, then the same requests through HTTP (two single-threaded replicas, 4 clients) once
-# per backend.
+# per backend. Needs `pip install -e '.[test,int8]'` (sentence-transformers for `predict`,
+# NNCF for openvino:int8; drop it from ENGINE_BACKENDS without the extra).
 #   load_tests/backend_bench.sh results/backends                       # TinyBERT-L2, L6, L12
 #   MODELS="cross-encoder/ms-marco-MiniLM-L6-v2" SHAPE=long REQUESTS=4 \
 #     load_tests/backend_bench.sh results/backends-long
