@@ -76,7 +76,7 @@ def build(root: Path, model: str):
         max_in_flight=32,
         retry_after=lambda: router.admission.soonest_retry_after_s(config.enabled_models),
         scoring_paths=SCORING_PATHS,
-        admit_scoring=lambda: router.admission.check(config.enabled_models),
+        reserve_scoring=lambda: router.admission.reserve(config.enabled_models),
     )
     return create_app(service, edge), board, card.name
 

@@ -132,7 +132,10 @@ def create_app(
         internal = body.to_internal()
         request.state.documents = len(internal.texts)
         result = await service.rerank(
-            internal, _caller(request), getattr(request.state, "arrived", None)
+            internal,
+            _caller(request),
+            getattr(request.state, "arrived", None),
+            getattr(request.state, "reservation", None),
         )
         request.state.model = result.model
         response.headers["x-rerank-model"] = result.served_by

@@ -3,6 +3,9 @@ in-flight limits (per replica, per key), the models' capacity check for scoring 
 (before the body is read), API-key authentication, reading the body (size limit, deadline;
 none on public paths), and per request one structured access-log line and one observation
 (route, status, error type, duration).
+A client that goes away before its answer (mid-body, or while its request is worked on,
+which Serve answers by cancelling it) is logged and counted as 499 `client_closed`, never
+as a server error or as a malformed body.
 No Ray: unit tests drive it with a plain Starlette app.
 
 Access logs carry ids, sizes, statuses and timings, never a key, a query or a document.
@@ -17,11 +20,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.api.errors import INTERNAL_ERROR, error_response, error_type, http_error
+from serve_app.api.errors import (
+    CLIENT_CLOSED,
+    INTERNAL_ERROR,
+    error_response,
+    error_type,
+    http_error,
+)
 from serve_app.errors import Overloaded, RateLimited, RequestTimeout, RequestTooLarge, RerankError
 from serve_app.observer import AccessRecord, NullObserver, Observer
 from serve_app.service.auth import ANONYMOUS, Authenticator
@@ -31,6 +40,17 @@ _CLIENT_NAME = re.compile(r"^[A-Za-z0-9._:/+=-]{1,64}$")
 
 # A child of "ray.serve", so Serve writes the lines to each ingress replica's log file.
 access_logger = logging.getLogger("ray.serve.rerank_access")
+
+
+class Place(Protocol):
+    """A scoring request's place at the models (`serve_app/routing/admission.py`'s
+    `Reservation`): given back once, however the request ends."""
+
+    def release(self) -> None: ...
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its request body had arrived."""
 
 
 @dataclass
@@ -54,11 +74,13 @@ class EdgePolicy:
     max_in_flight_per_key: int | None = None
     # Overrides `retry_after_s` for the in-flight refusal: the models' measured drain time.
     retry_after: Callable[[], float] | None = None
-    # Paths that score (a model call per request) and the check, from the load board, that
-    # raises `Overloaded` when no model can take one now: run before the body is read, so
-    # a request that would only be refused later costs neither reading nor parsing.
+    # Paths that score (a model call per request) and the reservation of a place at the
+    # models, from the load board, taken before the body is read (raises `Overloaded` when
+    # there is none): a request that would only be refused later costs neither reading
+    # nor parsing. Handed to the service in `scope["state"]["reservation"]`; given back
+    # here, at the latest, when the request ends.
     scoring_paths: frozenset[str] = frozenset()
-    admit_scoring: Callable[[], None] | None = None
+    reserve_scoring: Callable[[], Place] | None = None
 
 
 class EdgeMiddleware:
@@ -101,12 +123,19 @@ class EdgeMiddleware:
         try:
             if scope.get("path") not in policy.public_paths:
                 _check_capacity(self.in_flight, policy)
-                if policy.admit_scoring is not None and scope.get("path") in policy.scoring_paths:
-                    policy.admit_scoring()
+                if policy.reserve_scoring is not None and scope.get("path") in policy.scoring_paths:
+                    state["reservation"] = policy.reserve_scoring()
                 self.in_flight += 1
                 counted = True
             receive = await self._admit(scope, receive, headers, policy, state)
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnected:  # nobody to answer
+            status, state["error_type"] = CLIENT_CLOSED.status, CLIENT_CLOSED.type
+        except asyncio.CancelledError:
+            # Serve cancels a request whose client has gone away.
+            if not response_started:
+                status, state["error_type"] = CLIENT_CLOSED.status, CLIENT_CLOSED.type
+            raise
         except RerankError as e:
             state["error_type"] = error_type(e)
             await http_error(e)(scope, receive, send_with_id)
@@ -122,6 +151,9 @@ class EdgeMiddleware:
         finally:
             if counted:
                 self.in_flight -= 1
+            reservation = state.pop("reservation", None)
+            if reservation is not None:
+                reservation.release()
             self.per_key.release(state.pop("key_slot", None))
             path = scope.get("path", "")
             principal = state.get("principal")
@@ -211,6 +243,8 @@ async def _read_body(receive: Receive, max_bytes: int) -> Receive:
     size = 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
         if message["type"] != "http.request":
             return _replay(b"".join(chunks), receive, first=message)
         body = message.get("body", b"")

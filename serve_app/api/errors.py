@@ -50,6 +50,9 @@ FRAMEWORK_ERROR_TYPES: dict[int, str] = {
 FRAMEWORK_OTHER_TYPE = "http_error"
 # A bug caught at the edge: still this shape, never a bare 500.
 INTERNAL_ERROR = HTTPError(500, "internal_error")
+# Not an answer: the client went away before one (nginx's 499). Only logged and counted,
+# so a client that hangs up is never counted as a server error.
+CLIENT_CLOSED = HTTPError(499, "client_closed")
 
 
 def error_types() -> set[str]:

@@ -13,12 +13,24 @@ A model is full for this ingress when
 `Retry-After` is the time the queued work needs to drain: queued tokens × measured
 seconds per token / replicas, rounded up, at least 1 s (a 0 invites a retry storm) and
 at most `RETRY_AFTER_CAP_S`. Before the rate is measured, the configured constant.
+
+A request admitted holds a `Reservation`: a place counted against its model's bound from
+the moment it is admitted until it has been scored or has ended otherwise. The edge takes
+it before the body is read (`reserve`) and the service takes it over after the parse
+(`assign`). With one model (the deployment `load_tests/soak.py` runs) the place is on that
+model from the start and the service never judges again, so the two cannot disagree: a
+request is refused before its body is read or not at all (Serve's own backpressure aside:
+other ingress replicas' calls, a replica count one poll old). With several models the
+edge cannot know which one a request names before reading it: it holds a place in the
+pool of all the models' free places, and assigning it to the named model checks that
+model then, so a request for a full model among free ones is still refused after the
+parse.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +48,36 @@ class LoadView(Protocol):
     def loads(self) -> Mapping[str, ModelLoad]: ...
 
     def requests_in_flight(self, model: str) -> int: ...
+
+    def hold(self, model: str) -> None: ...
+
+    def unhold(self, model: str) -> None: ...
+
+
+class Reservation:
+    """One admitted request's place. Given back exactly once, however the request ends
+    (scored, refused later, failed, cancelled, its client gone): `release` is idempotent,
+    so every layer that may be the last to see the request can call it. `model`: the model
+    whose bound the place counts against; None: a pooled place, or none at all."""
+
+    def __init__(self, model: str | None, give_back: Callable[[], None] | None):
+        self.model = model
+        self._give_back = give_back
+
+    @property
+    def held(self) -> bool:
+        return self._give_back is not None
+
+    def release(self) -> None:
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            give_back()
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -67,6 +109,7 @@ class Admission:
     def __init__(self, board: LoadView, bounds: Mapping[str, QueueBound]):
         self.board = board
         self.bounds = dict(bounds)
+        self.pooled = 0  # pooled places held (several models; not yet assigned to one)
 
     @classmethod
     def from_config(cls, config: AppConfig, board: LoadView) -> Admission:
@@ -116,14 +159,77 @@ class Admission:
             if reason is None:
                 return
             refusals.append((self.retry_after_s(model, loads[model]), model, reason))
-        if not refusals:
-            return
+        if refusals:
+            self._refuse(refusals)
+
+    def reserve(self, models: Sequence[str]) -> Reservation:
+        """A place for a request that one of `models` will score, taken before anything of
+        it is read; raises `Overloaded` when there is none. One model: a place on it.
+        Several: a place in the pool of their free places (see the module's docstring)."""
+        if len(models) == 1:
+            self.check(models)
+            return self._hold(models[0])
+        self.check(models)
+        free = self.free_places(models)
+        if free is not None and free <= self.pooled:
+            loads = self.board.loads()
+            self._refuse(
+                [
+                    (self.retry_after_s(m, loads[m]), m, "its free places are all taken")
+                    for m in models
+                ]
+            )
+        self.pooled += 1
+        return Reservation(None, self._unpool)
+
+    def assign(self, reservation: Reservation | None, model: str) -> Reservation:
+        """The place of a request `model` will score, once the request says which. A place
+        already held on `model` is kept and not judged again (the edge decided); any other
+        is given back and `model` is checked now. Raises `Overloaded` when it is full."""
+        if reservation is not None and reservation.held and reservation.model == model:
+            return reservation
+        if reservation is not None:
+            reservation.release()
+        self.check([model])
+        return self._hold(model)
+
+    def assign_any(self, reservation: Reservation | None, models: Sequence[str]) -> Reservation:
+        """For a request whose model is chosen after tokenization (`auto`): a place held on
+        one of `models` is kept; otherwise it is given back, the request is refused when
+        every one is full, and no place is held (its call counts once dispatched)."""
+        if reservation is not None and reservation.held and reservation.model in models:
+            return reservation
+        if reservation is not None:
+            reservation.release()
+        self.check(models)
+        return Reservation(None, None)
+
+    def free_places(self, models: Iterable[str]) -> int | None:
+        """Calls `models` can still take from this ingress; None: no bound."""
+        loads = self.board.loads()
+        free = 0
+        for model in models:
+            bound = self.bounds.get(model)
+            allowed = bound.calls_allowed(loads[model].replicas) if bound else None
+            if allowed is None and self.full_reason(model, loads[model]) is None:
+                return None
+            if allowed is not None and self.full_reason(model, loads[model]) is None:
+                free += allowed - self.board.requests_in_flight(model)
+        return free
+
+    def _hold(self, model: str) -> Reservation:
+        self.board.hold(model)
+        return Reservation(model, lambda: self.board.unhold(model))
+
+    def _unpool(self) -> None:
+        self.pooled -= 1
+
+    def _refuse(self, refusals: list[tuple[float, str, str]]) -> None:
         retry_after, model, reason = min(refusals)
-        bound = self.bounds[model]
         raise Overloaded(
             f"{model} is at capacity ({reason}); retry after the time in Retry-After",
             retry_after_s=retry_after,
-            throttle=bound.throttle,
+            throttle=self.bounds[model].throttle,
         )
 
     def full_models(self, models: Iterable[str]) -> set[str]:

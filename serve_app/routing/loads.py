@@ -69,13 +69,12 @@ class LoadBoard:
         self.polled_at[model] = time.monotonic()
         self._foreign_tokens[model] = max(0, held - inflight_when_sent)
 
-    @contextmanager
-    def admitted_request(self, model: str) -> Iterator[None]:
+    def hold(self, model: str) -> None:
+        """One request admitted for `model` (a reservation, `routing/admission.py`)."""
         self.admitted[model] += 1
-        try:
-            yield
-        finally:
-            self.admitted[model] -= 1
+
+    def unhold(self, model: str) -> None:
+        self.admitted[model] -= 1
 
     def requests_in_flight(self, model: str) -> int:
         """Calls this ingress holds at the model, counting admitted requests not yet

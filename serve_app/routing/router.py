@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from serve_app.config import AppConfig
 from serve_app.errors import InvalidRequest, Overloaded
 from serve_app.model.tokenization import EncodedPairs, PairEncoders
 from serve_app.observer import NullObserver, Observer
-from serve_app.routing.admission import Admission, drain_seconds
+from serve_app.routing.admission import Admission, Reservation, drain_seconds
 from serve_app.routing.budget import BudgetPolicy
 from serve_app.routing.cascade import merge, select_pairs
 from serve_app.routing.loads import LoadBoard
@@ -75,12 +74,13 @@ class Router:
         self.agreement = AgreementSummary()
         self._background: set[asyncio.Task] = set()
 
-    def admit(self, request: RerankRequest) -> AbstractContextManager[None]:
-        """Raises `Overloaded` when no model this request could go to can take it now;
-        from the request's fields alone (no tokenization), so a refusal costs nothing.
-        Named: that model; `auto`: any eligible one; cascade: its first stage. Admitted:
-        a reservation on that model, to hold while the request is worked on (none for
-        `auto`, whose model is chosen later: its call counts once dispatched)."""
+    def admit(self, request: RerankRequest, reservation: Reservation | None = None) -> Reservation:
+        """The place `request` holds while it is worked on, from its fields alone (no
+        tokenization), so a refusal costs nothing; raises `Overloaded` when no model it
+        could go to can take it now. Named: that model; cascade: its first stage; `auto`:
+        any eligible one (no place held: its model is chosen later and its call counts once
+        dispatched). `reservation`: the place the edge took before the body was read; kept
+        when it is on the right model, so what the edge admitted is not judged again."""
         requested = (request.model or "").strip().lower()
         if request.cascade is not None or requested == CASCADE:
             spec = request.cascade
@@ -88,12 +88,10 @@ class Router:
             model = self.names.resolve(first, "cascade.first").model
         elif requested == AUTO or (not requested and not request.budget.is_empty):
             budget = self.default_budget if request.budget.is_empty else request.budget
-            self.admission.check(self.policy.eligible(budget))
-            return nullcontext()
+            return self.admission.assign_any(reservation, self.policy.eligible(budget))
         else:
             model = self.names.resolve(request.model).model
-        self.admission.check([model])
-        return self.board.admitted_request(model)
+        return self.admission.assign(reservation, model)
 
     async def rerank(
         self, request: RerankRequest, texts: list[str], arrived: float | None = None

@@ -91,8 +91,9 @@ def build_frontend(
         max_in_flight_per_key=config.ingress.per_key_limit,
         retry_after=lambda: router.admission.soonest_retry_after_s(config.enabled_models),
         scoring_paths=SCORING_PATHS,
-        # Before the body: refused only when every model is full, whatever it names.
-        admit_scoring=lambda: router.admission.check(config.enabled_models),
+        # Before the body: a place at the models (one model: on it, exactly; several: in
+        # their pool, so refused here only when every free place is taken).
+        reserve_scoring=lambda: router.admission.reserve(config.enabled_models),
     )
 
     async def background() -> None:  # the stats poller and the readiness refresh

@@ -16,6 +16,7 @@ from serve_app.catalog import Catalog
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidRequest, NotReady, RateLimited
 from serve_app.observer import NullObserver, Observer
+from serve_app.routing.admission import Reservation
 from serve_app.routing.router import Router
 from serve_app.service.auth import Principal
 from serve_app.service.limits import check_limits
@@ -51,15 +52,21 @@ class RerankService:
         self.readiness = ReadinessCache(self._not_ready_now)
 
     async def rerank(
-        self, request: RerankRequest, caller: Principal, arrived: float | None = None
+        self,
+        request: RerankRequest,
+        caller: Principal,
+        arrived: float | None = None,
+        reservation: Reservation | None = None,
     ) -> RerankResult:
         """`arrived`: `time.perf_counter()` when the request reached the edge; a latency
-        budget counts from then."""
+        budget counts from then. `reservation`: the place the edge took for it before its
+        body was read (given back here once it is scored; the edge gives it back however
+        else the request ends)."""
         check_limits(self.config.limits, request)
         # Capacity first (synchronous, from the load board), then the key's quota (a ledger
         # call) for what will be scored (a cascade scores its kept documents twice);
         # tokenization and truncation only for a request that will be scored.
-        with self.router.admit(request):
+        with self.router.admit(request, reservation):
             await self._admit(caller, self.router.documents_to_score(request))
             texts = request.texts
             if request.max_tokens_per_doc is not None:

@@ -128,7 +128,7 @@ class Parts:
             max_in_flight=max_in_flight,
             retry_after=lambda: router.admission.soonest_retry_after_s(config.enabled_models),
             scoring_paths=SCORING_PATHS,
-            admit_scoring=lambda: router.admission.check(config.enabled_models),
+            reserve_scoring=lambda: router.admission.reserve(config.enabled_models),
         )
         self.app = create_app(self.service, edge)
 

@@ -142,14 +142,16 @@ def test_admitted_requests_hold_their_place_before_they_reach_the_model():
     board = LoadBoard(["a"])
     adm = Admission(board, {"a": QueueBound(max_ongoing_requests=1, max_queued_requests=1)})
     with ExitStack() as held:
-        held.enter_context(board.admitted_request("a"))
+        held.enter_context(adm.reserve(["a"]))
         adm.check(["a"])
-        held.enter_context(board.admitted_request("a"))
+        held.enter_context(adm.reserve(["a"]))
         with pytest.raises(Overloaded):
             adm.check(["a"])
+        with pytest.raises(Overloaded):
+            adm.reserve(["a"])
         # Their calls, once dispatched, are the same requests: not counted twice.
         held.enter_context(board.dispatched("a", 10))
         held.enter_context(board.dispatched("a", 10))
         assert board.requests_in_flight("a") == 2
     adm.check(["a"])
-    assert board.requests_in_flight("a") == 0
+    assert board.requests_in_flight("a") == 0 and board.admitted == {"a": 0}
