@@ -308,3 +308,81 @@ async def test_one_key_cannot_hold_more_than_its_share_of_slots():
         gate.set()
         assert [(await t).status_code for t in held] == [200, 200]
         assert (await client.post("/echo", json={}, headers=alice)).status_code == 200
+
+
+class CountedPlace:
+    """A scoring place (the routing layer's `Reservation` stand-in) counting its releases."""
+
+    def __init__(self) -> None:
+        self.releases = 0
+
+    def release(self) -> None:
+        self.releases += 1
+
+
+def scoring_policy(observed: list[AccessRecord], places: list[CountedPlace]) -> EdgePolicy:
+    def reserve() -> CountedPlace:
+        places.append(CountedPlace())
+        return places[-1]
+
+    return bare_policy(
+        observer=Recorder(observed), scoring_paths=frozenset({"/echo"}), reserve_scoring=reserve
+    )
+
+
+AUTH_BODY = [(b"authorization", f"Bearer {KEY}".encode()), (b"content-length", b"20")]
+
+
+@pytest.mark.anyio
+async def test_a_client_that_hangs_up_mid_body_is_a_499_and_gives_its_place_back():
+    observed: list[AccessRecord] = []
+    places: list[CountedPlace] = []
+    messages = [{"type": "http.request", "body": b'{"qu', "more_body": True}]
+    app_called = sent = 0
+
+    async def app(scope, receive, send):
+        nonlocal app_called
+        app_called += 1
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        nonlocal sent
+        sent += 1
+
+    scope = {"type": "http", "method": "POST", "path": "/echo", "headers": AUTH_BODY}
+    await EdgeMiddleware(app, scoring_policy(observed, places))(scope, receive, send)
+    # Nothing is answered (nobody is there) and the partial body is not parsed.
+    assert (app_called, sent) == (0, 0)
+    assert [(r.status, r.failure) for r in observed] == [(499, "client_closed")]
+    assert [p.releases for p in places] == [1]
+
+
+@pytest.mark.anyio
+async def test_a_request_cancelled_while_worked_on_is_a_499_and_gives_its_place_back():
+    """Serve cancels the handler of a request whose client has gone away."""
+    observed: list[AccessRecord] = []
+    places: list[CountedPlace] = []
+    working = asyncio.Event()
+
+    async def app(scope, receive, send):
+        await receive()
+        working.set()
+        await asyncio.Event().wait()  # scoring that never ends
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        raise AssertionError("nothing is answered to a cancelled request")
+
+    scope = {"type": "http", "method": "POST", "path": "/echo", "headers": AUTH_BODY}
+    edge = EdgeMiddleware(app, scoring_policy(observed, places))
+    task = asyncio.get_running_loop().create_task(edge(scope, receive, send))
+    await asyncio.wait_for(working.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [(r.status, r.failure) for r in observed] == [(499, "client_closed")]
+    assert [p.releases for p in places] == [1] and edge.in_flight == 0

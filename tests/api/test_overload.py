@@ -6,6 +6,7 @@ own bookkeeping (`LoadBoard.dispatched`), as the router fills them for real call
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import ExitStack
 
 import httpx
@@ -19,7 +20,7 @@ from serve_app.catalog import load_catalog
 from serve_app.config import AppConfig, UsageConfig
 from serve_app.model.stats import ModelStatsSnapshot
 from serve_app.model.tokenization import EncodedPairs, PairEncoders
-from serve_app.observer import NullObserver
+from serve_app.observer import AccessRecord, NullObserver
 from serve_app.routing.loads import LoadBoard
 from serve_app.routing.router import Router
 from serve_app.service.auth import Authenticator, hash_key
@@ -31,6 +32,7 @@ TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
 L12 = "cross-encoder/ms-marco-MiniLM-L12-v2"
 KEY = "rr-secret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON_AUTH = {**AUTH, "content-type": "application/json"}
 SLOW = {"Authorization": "Bearer slow-key"}
 BODY = {"query": "q", "documents": ["a", "bb bb", "ccc ccc ccc"], "max_tokens_per_doc": 2}
 
@@ -44,6 +46,14 @@ class TokenizationCounter(NullObserver):
 
     def tokenized(self, model: str, seconds: float) -> None:
         self.calls += 1
+
+
+class Recorder(NullObserver):
+    def __init__(self, records: list[AccessRecord]):
+        self.records = records
+
+    def request_done(self, record: AccessRecord) -> None:
+        self.records.append(record)
 
 
 class Models:
@@ -67,24 +77,30 @@ class Models:
 
 
 class Parts:
-    def __init__(self, root, max_in_flight: int | None = None):
+    def __init__(
+        self, root, max_in_flight: int | None = None, models: tuple[str, ...] = (TINY, L12)
+    ):
         self.config = AppConfig.model_validate(
             {
                 "models": [
-                    {
-                        "name": TINY,
-                        "source": checkpoint_path(root, TINY),
-                        "max_ongoing_requests": 1,
-                        "max_queued_requests": 2,
-                        "backpressure": {"status_code": 503, "retry_after_s": 4},
-                    },
-                    {
-                        "name": L12,
-                        "source": checkpoint_path(root, L12),
-                        "max_ongoing_requests": 1,
-                        "max_queued_requests": 1,
-                        "backpressure": {"status_code": 429, "retry_after_s": 6},
-                    },
+                    m
+                    for m in [
+                        {
+                            "name": TINY,
+                            "source": checkpoint_path(root, TINY),
+                            "max_ongoing_requests": 1,
+                            "max_queued_requests": 2,
+                            "backpressure": {"status_code": 503, "retry_after_s": 4},
+                        },
+                        {
+                            "name": L12,
+                            "source": checkpoint_path(root, L12),
+                            "max_ongoing_requests": 1,
+                            "max_queued_requests": 1,
+                            "backpressure": {"status_code": 429, "retry_after_s": 6},
+                        },
+                    ]
+                    if m["name"] in models
                 ],
                 "auth": {
                     "keys": [
@@ -112,6 +128,7 @@ class Parts:
             self.models,
             LocalLedger(UsageConfig(sqlite_path=usage_db_path(root))),
         )
+        self.access: list[AccessRecord] = []
         self.truncations = 0
         truncate = self.service.truncator.truncate
 
@@ -125,6 +142,7 @@ class Parts:
             max_body_bytes=config.limits.max_body_bytes,
             public_paths=PUBLIC_PATHS,
             known_paths=ROUTES | PUBLIC_PATHS,
+            observer=Recorder(self.access),
             max_in_flight=max_in_flight,
             retry_after=lambda: router.admission.soonest_retry_after_s(config.enabled_models),
             scoring_paths=SCORING_PATHS,
@@ -140,6 +158,14 @@ class Parts:
         """A replica's report, as the stats poller feeds it in."""
         snapshot = ModelStatsSnapshot(seconds_per_token, 0, 0, batches_measured=8)
         self.board.update(model, snapshot, inflight_when_sent=0)
+
+    def places_held(self) -> dict:
+        """Every place and call this ingress counts: all zero once no request is open."""
+        return {
+            "admitted": self.board.admitted,
+            "calls": self.board.inflight_requests,
+            "pooled": self.router.admission.pooled,
+        }
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://t")
@@ -269,3 +295,183 @@ async def test_quota_is_refused_before_truncation_and_tokenization(checkpoint_ro
     assert first.status_code == 200
     assert_refusal(refused, 429, "rate_limited", "1")
     assert parts.tokenizations.calls == 1 and parts.truncations == 1
+
+
+class HeldBody:
+    """A request body that arrives only when `arrive` is set, counting reads of it."""
+
+    def __init__(self, body: dict):
+        self.content = json.dumps(body).encode()
+        self.arrive = asyncio.Event()
+        self.read = 0
+
+    async def chunks(self):
+        self.read += 1
+        await self.arrive.wait()
+        yield self.content
+
+
+async def until(condition, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_one_model_a_request_is_refused_before_its_body_or_not_at_all(checkpoint_root):
+    """The single-model deployment: the edge's place is the one the service uses, so
+    requests whose bodies are still arriving hold it and the next one is refused before
+    its body is read; none of the admitted ones is refused after its parse."""
+    parts = Parts(checkpoint_root, models=(TINY,))  # 1 ongoing + 2 queued
+    bodies = [HeldBody({**BODY, "model": TINY}) for _ in range(3)]
+    late = HeldBody({**BODY, "model": TINY})
+    async with parts.client() as c:
+        held = [
+            asyncio.create_task(c.post("/v1/rerank", content=b.chunks(), headers=JSON_AUTH))
+            for b in bodies
+        ]
+        await until(lambda: parts.board.admitted[TINY] == 3, "the edge never took 3 places")
+        refused = await c.post(
+            "/v1/rerank", content=late.chunks(), headers={**AUTH, "x-request-id": "rid-1"}
+        )
+        for b in bodies:
+            b.arrive.set()
+        served = [await t for t in held]
+    assert_refusal(refused, 503, "overloaded", "4")  # no rate measured: the configured 4 s
+    assert late.read == 0 and [b.read for b in bodies] == [1, 1, 1]
+    assert [r.status_code for r in served] == [200, 200, 200]
+    assert parts.tokenizations.calls == 3
+    assert parts.places_held() == {"admitted": {TINY: 0}, "calls": {TINY: 0}, "pooled": 0}
+
+
+@pytest.mark.anyio
+async def test_several_models_the_edge_holds_a_place_in_their_pool(checkpoint_root):
+    """Two models: 3 + 2 free places. Five requests being read take them all, so a sixth
+    is refused before its body; which model a request names is known only after the
+    parse, so one for a model that turns out full is refused then (the documented gap)."""
+    parts = Parts(checkpoint_root)
+    parts.models.gate = asyncio.Event()  # calls stay at the models until set
+    names = [TINY, TINY, TINY, L12, TINY]
+    bodies = [HeldBody({**BODY, "model": m}) for m in names]
+    late = HeldBody({**BODY, "model": L12})
+    async with parts.client() as c:
+        held = [
+            asyncio.create_task(c.post("/v1/rerank", content=b.chunks(), headers=JSON_AUTH))
+            for b in bodies
+        ]
+        await until(lambda: parts.router.admission.pooled == 5, "the edge never took 5 places")
+        refused = await c.post(
+            "/v1/rerank", content=late.chunks(), headers={**AUTH, "x-request-id": "rid-1"}
+        )
+        for b in bodies[:4]:
+            b.arrive.set()
+        await until(lambda: sum(parts.board.inflight_requests.values()) == 4, "not dispatched")
+        bodies[4].arrive.set()  # a fourth for TINY, whose 3 places are taken
+        after_parse = await held[4]
+        parts.models.gate.set()
+        served = [await t for t in held[:4]]
+    assert late.read == 0
+    # The soonest to drain sets the wait and the status: neither is measured, TINY's 4 s.
+    assert_refusal(refused, 503, "overloaded", "4")
+    assert after_parse.status_code == 503 and after_parse.json()["error"]["type"] == "overloaded"
+    assert [r.status_code for r in served] == [200] * 4
+    assert parts.tokenizations.calls == 4  # the one refused after its parse: not tokenized
+    assert parts.places_held() == {
+        "admitted": {TINY: 0, L12: 0},
+        "calls": {TINY: 0, L12: 0},
+        "pooled": 0,
+    }
+
+
+def failing_model(parts: Parts) -> dict:
+    parts.models.failure = errors.ModelUnavailable("the replica died")
+    return {**BODY, "model": TINY}
+
+
+def scoring_bug(parts: Parts) -> dict:
+    parts.models.failure = RuntimeError("a bug")
+    return {**BODY, "model": TINY}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("models", [(TINY,), (TINY, L12)], ids=["one model", "two models"])
+@pytest.mark.parametrize(
+    "outcome, make_body, headers, status",
+    [
+        ("served", lambda p: {**BODY, "model": TINY}, AUTH, 200),
+        ("served auto", lambda p: {**BODY, "model": "auto", "max_latency_ms": 1e9}, AUTH, 200),
+        ("served cascade", lambda p: {**BODY, "model": "cascade"}, AUTH, 200),
+        ("model fails", failing_model, AUTH, 503),
+        ("scoring bug", scoring_bug, AUTH, 500),
+        ("no key", lambda p: BODY, {}, 401),
+        ("unknown model", lambda p: {**BODY, "model": "nope"}, AUTH, 404),
+        ("invalid request", lambda p: {"query": "q", "documents": []}, AUTH, 422),
+        ("not JSON", lambda p: None, AUTH, 400),
+    ],
+)
+async def test_every_way_a_request_ends_gives_its_place_back(
+    checkpoint_root, models, outcome, make_body, headers, status
+):
+    parts = Parts(checkpoint_root, models=models)
+    body = make_body(parts)
+    async with parts.client() as c:
+        if body is None:
+            response = await c.post("/v1/rerank", content=b'{"query": ', headers=headers)
+        else:
+            response = await c.post("/v1/rerank", json=body, headers=headers)
+    if outcome == "served cascade" and len(models) == 1:
+        status = 404  # the cascade's default second stage is not deployed
+    assert response.status_code == status, response.text
+    zero = {m: 0 for m in models}
+    assert parts.places_held() == {"admitted": zero, "calls": zero, "pooled": 0}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("models", [(TINY,), (TINY, L12)], ids=["one model", "two models"])
+async def test_a_request_cancelled_at_the_model_gives_its_place_back(checkpoint_root, models):
+    """Serve cancels a request whose client has gone away: logged as 499, places back."""
+    parts = Parts(checkpoint_root, models=models)
+    parts.models.gate = asyncio.Event()  # never set
+    async with parts.client() as c:
+        task = asyncio.create_task(c.post("/v1/rerank", json={**BODY, "model": TINY}, headers=AUTH))
+        await until(lambda: parts.board.inflight_requests[TINY] == 1, "never dispatched")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    zero = {m: 0 for m in models}
+    assert parts.places_held() == {"admitted": zero, "calls": zero, "pooled": 0}
+    assert [(r.status, r.failure) for r in parts.access] == [(499, "client_closed")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("models", [(TINY,), (TINY, L12)], ids=["one model", "two models"])
+async def test_a_client_gone_mid_body_gives_its_place_back_as_a_499(checkpoint_root, models):
+    parts = Parts(checkpoint_root, models=models)
+    messages = [{"type": "http.request", "body": b'{"query": "q", "docu', "more_body": True}]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/rerank",
+        "raw_path": b"/v1/rerank",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {KEY}".encode()), (b"content-length", b"200")],
+    }
+    await parts.app(scope, receive, send)
+    assert sent == []  # nobody to answer
+    assert [(r.status, r.failure) for r in parts.access] == [(499, "client_closed")]
+    zero = {m: 0 for m in models}
+    assert parts.places_held() == {"admitted": zero, "calls": zero, "pooled": 0}
+    assert parts.tokenizations.calls == 0

@@ -35,6 +35,12 @@ class FakeBoard:
     def requests_in_flight(self, model: str) -> int:
         return self.calls[model]
 
+    def hold(self, model: str) -> None:
+        self.calls[model] += 1
+
+    def unhold(self, model: str) -> None:
+        self.calls[model] -= 1
+
 
 def admission(board: FakeBoard, **bounds: QueueBound) -> Admission:
     return Admission(board, bounds)
@@ -155,3 +161,71 @@ def test_admitted_requests_hold_their_place_before_they_reach_the_model():
         assert board.requests_in_flight("a") == 2
     adm.check(["a"])
     assert board.requests_in_flight("a") == 0 and board.admitted == {"a": 0}
+
+
+def test_one_model_the_place_the_edge_took_is_kept_and_not_judged_again():
+    board = FakeBoard()
+    adm = admission(board, a=QueueBound(max_ongoing_requests=1, max_queued_requests=1))
+    board.set("a", calls=0, replicas=1)
+    first, second = adm.reserve(["a"]), adm.reserve(["a"])
+    assert (first.model, board.calls["a"]) == ("a", 2)
+    with pytest.raises(Overloaded):
+        adm.reserve(["a"])  # the third is refused before its body
+    assert board.calls["a"] == 2
+    # After the parse the service takes the place over: no second judgement, even though
+    # the model now counts as full (the places are the edge's own).
+    assert adm.assign(first, "a") is first and board.calls["a"] == 2
+    first.release()
+    first.release()  # given back exactly once, however many layers see the end
+    assert board.calls["a"] == 1
+    with second:
+        pass
+    assert board.calls["a"] == 0 and not second.held
+
+
+def test_several_models_the_edge_holds_a_place_in_their_pool_until_the_parse():
+    board = FakeBoard()
+    adm = admission(board, a=QueueBound(1, 1), b=QueueBound(1, 0))  # 2 + 1 free places
+    board.set("a")
+    board.set("b")
+    places = [adm.reserve(["a", "b"]) for _ in range(3)]
+    assert adm.pooled == 3 and board.calls == {"a": 0, "b": 0}
+    with pytest.raises(Overloaded, match="free places are all taken"):
+        adm.reserve(["a", "b"])
+    # The parse names the model: the pooled place becomes one on it, checked now.
+    on_b = adm.assign(places[0], "b")
+    assert (on_b.model, adm.pooled, board.calls["b"]) == ("b", 2, 1)
+    assert not places[0].held
+    with pytest.raises(Overloaded):
+        adm.assign(places[1], "b")  # b is full: refused after the parse, place given back
+    assert adm.pooled == 1 and not places[1].held
+    on_a = adm.assign(places[2], "a")
+    for place in (on_b, on_a, *places):
+        place.release()
+    assert adm.pooled == 0 and board.calls == {"a": 0, "b": 0}
+
+
+def test_an_unbounded_model_never_runs_out_of_pooled_places():
+    board = FakeBoard()
+    adm = admission(board, a=QueueBound(1, 0), b=QueueBound(1, -1))
+    board.set("a", calls=1)
+    board.set("b", calls=1000)
+    places = [adm.reserve(["a", "b"]) for _ in range(50)]
+    assert adm.pooled == 50
+    for place in places:
+        place.release()
+    assert adm.pooled == 0
+
+
+def test_auto_keeps_a_place_on_an_eligible_model_and_otherwise_holds_none():
+    board = FakeBoard()
+    adm = admission(board, a=QueueBound(1, 1), b=QueueBound(1, 1))
+    board.set("a")
+    board.set("b")
+    single = adm.reserve(["a"])
+    assert adm.assign_any(single, ["a"]) is single and board.calls["a"] == 1
+    single.release()
+    pooled = adm.reserve(["a", "b"])
+    unplaced = adm.assign_any(pooled, ["a", "b"])
+    assert not unplaced.held and not pooled.held and adm.pooled == 0
+    assert board.calls == {"a": 0, "b": 0}
