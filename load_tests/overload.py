@@ -13,7 +13,10 @@ factor offers factor x capacity for `--duration-s` and reports, per status, coun
 latency p50/p99/max; send lag; every refusal without the JSON error shape, without
 `Retry-After` or without its request id; wrong answers; wrk's own CPU; the ingress
 replica's CPU per request; Serve's processes' memory before and after; and the time until
-a request is served again after the load stops. Needs `wrk` (`apt-get install wrk`).
+a request is served again after the load stops. From the ingress's own access lines (its
+Serve log files in this Ray session) it also splits each load's refusals by where they were
+decided, before the body was read or after the parse, with their time inside the app, and
+counts the requests whose client hung up (499). Needs `wrk` (`apt-get install wrk`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -135,6 +139,52 @@ def summarise(result: dict) -> dict:
     }
 
 
+ACCESS_LINE = re.compile(r'\{"event":"access".*?\}')
+
+
+class IngressAccessLog:
+    """The ingress replicas' access lines (`ray.serve.rerank_access`, one JSON object per
+    request) in this Ray session's Serve logs, read on from where the last read stopped."""
+
+    def __init__(self, logs_dir: Path):
+        self.serve_dir = logs_dir / "serve"
+        self.offsets: dict[Path, int] = {}
+
+    def new_records(self) -> list[dict]:
+        records = []
+        for path in sorted(self.serve_dir.glob("replica_*RerankIngress*.log")):
+            start = self.offsets.get(path, 0)
+            with path.open("rb") as f:
+                f.seek(start)
+                data = f.read()
+            complete = data.rfind(b"\n") + 1  # a line still being written waits
+            self.offsets[path] = start + complete
+            for line in data[:complete].decode("utf-8", "replace").splitlines():
+                match = ACCESS_LINE.search(line)
+                if match:
+                    records.append(json.loads(match.group(0)))
+        return records
+
+
+def where_decided(records: list[dict]) -> dict:
+    """Refusals (429/503) split by whether the body had been parsed (`documents` known),
+    each with its time inside the app; the rest by status and error type."""
+    scoring = [r for r in records if r.get("path") == PATH]
+    refused = [r for r in scoring if r["status"] in (429, 503)]
+    before = [r["duration_ms"] for r in refused if r.get("documents") is None]
+    after = [r["duration_ms"] for r in refused if r.get("documents") is not None]
+    kinds: dict[str, int] = {}
+    for r in scoring:
+        key = f"{r['status']} {r.get('error_type') or ''}".strip()
+        kinds[key] = kinds.get(key, 0) + 1
+    return {
+        "refused_before_body": {"n": len(before), **percentiles(before)},
+        "refused_after_parse": {"n": len(after), **percentiles(after)},
+        "served_in_app_ms": percentiles([r["duration_ms"] for r in scoring if r["status"] == 200]),
+        "by_status": dict(sorted(kinds.items())),
+    }
+
+
 def serve_pids() -> dict[str, int]:
     import ray
     from ray.util.state import list_actors
@@ -240,6 +290,7 @@ def main() -> None:
         pids = serve_pids()
         report["niceness"] = niceness(pids)
         ingress_pid = next(pid for name, pid in pids.items() if "RerankIngress" in name)
+        access_log = IngressAccessLog(Path(ray._private.worker._global_node.get_logs_dir_path()))
         for kind in args.bodies.split(","):
             body = {
                 "model": card.name,
@@ -261,6 +312,7 @@ def main() -> None:
                 # with every admitted request waiting out a full queue.
                 connections = min(1000, max(16, math.ceil(rate * 4)))
                 memory_before = serve_memory_mb()
+                access_log.new_records()  # what came before this load
                 ingress_cpu = cpu_seconds(ingress_pid)
                 result = run_wrk(url, body_file, expect, rate, connections, args.duration_s)
                 ingress_cpu = cpu_seconds(ingress_pid) - ingress_cpu
@@ -279,6 +331,7 @@ def main() -> None:
                         1000 * ingress_cpu / max(1, summary["answered"]), 2
                     ),
                     "served_again_after_s": recovered_s,
+                    "ingress_access_log": where_decided(access_log.new_records()),
                     "memory_growth_mb": {
                         k: round(memory_after[k] - v, 1)
                         for k, v in memory_before.items()

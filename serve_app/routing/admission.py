@@ -98,6 +98,22 @@ class QueueBound:
         return max(1, replicas) * self.max_ongoing_requests + self.max_queued_requests
 
 
+def serve_queue_bound(
+    max_ongoing_requests: int, max_queued_requests: int, max_replicas: int
+) -> int:
+    """The `max_queued_requests` to give Serve itself for a model deployment whose queue
+    admission bounds at `max_queued_requests`: a backstop, with room for the lag in Serve's
+    own count. Serve counts a call as queued until a replica has accepted it, and a call
+    returning to the ingress frees its place here before Serve has handed one of its queued
+    calls to the replica slot it left (Ray's router says as much beside its check), so at
+    equal bounds Serve refuses calls admission let through: after the body was read and
+    parsed, the cost admission exists to avoid. The room: every slot of every replica
+    turning over at once."""
+    if max_queued_requests == -1:
+        return -1
+    return max_queued_requests + max_replicas * max_ongoing_requests
+
+
 def drain_seconds(load: ModelLoad) -> float | None:
     """How long the model's queued work takes at its measured rate; None: not measured."""
     if load.seconds_per_token is None or not load.batches_measured:

@@ -20,8 +20,9 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api.app import PUBLIC_PATHS, ROUTES, SCORING_PATHS, create_app
 from serve_app.api.edge import EdgePolicy
 from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, ModelDeploymentConfig
 from serve_app.model.tokenization import PairEncoders
+from serve_app.routing.admission import serve_queue_bound
 from serve_app.routing.loads import LoadBoard
 from serve_app.routing.router import Router
 from serve_app.runtime.ingress import RerankIngress
@@ -36,11 +37,21 @@ from serve_app.service.rerank import RerankService
 
 def build_app(args: dict[str, Any] | AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
-    models = {m.name: RerankModel.options(**m.deployment_options()).bind(m) for m in config.models}
+    models = {m.name: RerankModel.options(**model_options(m)).bind(m) for m in config.models}
     ledger = UsageLedger.options(**config.usage.deployment_options()).bind(config.usage)
     return RerankIngress.options(**config.ingress.deployment_options()).bind(
         build_frontend, config, models, ledger
     )
+
+
+def model_options(model: ModelDeploymentConfig) -> dict[str, Any]:
+    """The model's deployment options, with Serve's own queue bound a backstop above the
+    one admission enforces (`serve_queue_bound`), so admission is what decides."""
+    options = model.deployment_options()
+    options["max_queued_requests"] = serve_queue_bound(
+        model.max_ongoing_requests, model.max_queued_requests, model.autoscaling.max_replicas
+    )
+    return options
 
 
 @dataclass

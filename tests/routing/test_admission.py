@@ -13,6 +13,7 @@ from serve_app.routing.admission import (
     Admission,
     QueueBound,
     drain_seconds,
+    serve_queue_bound,
 )
 from serve_app.routing.budget import ModelLoad
 from serve_app.routing.loads import LoadBoard
@@ -229,3 +230,11 @@ def test_auto_keeps_a_place_on_an_eligible_model_and_otherwise_holds_none():
     unplaced = adm.assign_any(pooled, ["a", "b"])
     assert not unplaced.held and not pooled.held and adm.pooled == 0
     assert board.calls == {"a": 0, "b": 0}
+
+
+def test_serves_own_queue_bound_leaves_room_above_admissions():
+    # Admission allows replicas x 4 + 8 calls; Serve refuses only past every slot of
+    # every replica turning over at once on top of that.
+    assert serve_queue_bound(4, 8, max_replicas=1) == 12
+    assert serve_queue_bound(4, 8, max_replicas=3) == 20
+    assert serve_queue_bound(4, -1, max_replicas=3) == -1

@@ -11,6 +11,7 @@ from ray.serve.exceptions import BackPressureError
 
 from serve_app.config import AppConfig, ModelCallSettings
 from serve_app.errors import ModelTimeout, ModelUnavailable, Overloaded
+from serve_app.runtime.builder import model_options
 from serve_app.runtime.model_client import FailureKind, ModelCaller, classify_serve_error
 
 MODEL = "cross-encoder/ms-marco-TinyBERT-L2-v2"
@@ -184,6 +185,9 @@ def test_placement_and_queue_settings_flow_into_deployment_options():
     assert mini["ray_actor_options"]["resources"] == {"gpu_pool": 1}
     assert tiny["max_queued_requests"] == 16
     assert tiny["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
+    # Deployed with Serve's own bound above the one admission enforces (a backstop).
+    ongoing = config.models[0].max_ongoing_requests
+    assert model_options(config.models[0])["max_queued_requests"] == 16 + ongoing
     ingress = config.ingress.deployment_options()
     assert ingress["ray_actor_options"]["resources"] == {"node:__internal_head__": 0.01}
     assert ingress["max_queued_requests"] == 64
