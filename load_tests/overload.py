@@ -140,6 +140,7 @@ def summarise(result: dict) -> dict:
 
 
 ACCESS_LINE = re.compile(r'\{"event":"access".*?\}')
+SERVE_DROPPED = "Request dropped due to backpressure"  # Serve refusing a model call
 
 
 class IngressAccessLog:
@@ -149,9 +150,11 @@ class IngressAccessLog:
     def __init__(self, logs_dir: Path):
         self.serve_dir = logs_dir / "serve"
         self.offsets: dict[Path, int] = {}
+        self.serve_refusals = 0  # Serve's own refusals of model calls, in the last read
 
     def new_records(self) -> list[dict]:
         records = []
+        self.serve_refusals = 0
         for path in sorted(self.serve_dir.glob("replica_*RerankIngress*.log")):
             start = self.offsets.get(path, 0)
             with path.open("rb") as f:
@@ -160,6 +163,7 @@ class IngressAccessLog:
             complete = data.rfind(b"\n") + 1  # a line still being written waits
             self.offsets[path] = start + complete
             for line in data[:complete].decode("utf-8", "replace").splitlines():
+                self.serve_refusals += SERVE_DROPPED in line
                 match = ACCESS_LINE.search(line)
                 if match:
                     records.append(json.loads(match.group(0)))
@@ -331,7 +335,10 @@ def main() -> None:
                         1000 * ingress_cpu / max(1, summary["answered"]), 2
                     ),
                     "served_again_after_s": recovered_s,
-                    "ingress_access_log": where_decided(access_log.new_records()),
+                    "ingress_access_log": {
+                        **where_decided(access_log.new_records()),
+                        "model_calls_refused_by_serve": access_log.serve_refusals,
+                    },
                     "memory_growth_mb": {
                         k: round(memory_after[k] - v, 1)
                         for k, v in memory_before.items()

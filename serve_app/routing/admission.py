@@ -101,17 +101,20 @@ class QueueBound:
 def serve_queue_bound(
     max_ongoing_requests: int, max_queued_requests: int, max_replicas: int
 ) -> int:
-    """The `max_queued_requests` to give Serve itself for a model deployment whose queue
-    admission bounds at `max_queued_requests`: a backstop, with room for the lag in Serve's
-    own count. Serve counts a call as queued until a replica has accepted it, and a call
-    returning to the ingress frees its place here before Serve has handed one of its queued
-    calls to the replica slot it left (Ray's router says as much beside its check), so at
-    equal bounds Serve refuses calls admission let through: after the body was read and
-    parsed, the cost admission exists to avoid. The room: every slot of every replica
-    turning over at once."""
+    """The `max_queued_requests` to give Serve itself for a model deployment whose calls
+    admission bounds (per ingress, like Serve's: replicas × `max_ongoing_requests` +
+    `max_queued_requests`): twice the most admission allows, a backstop for a count gone
+    wrong that never races admission. At equal bounds Serve refused a fifth to a third of
+    the requests at 3× load after admission had let them through (after their bodies were
+    read and parsed, the cost admission exists to avoid): Serve counts a call as waiting
+    until a replica has accepted it and hands waiting calls to freed replica slots on its
+    own schedule (with backoff), so all of one ingress's admitted calls can be waiting there
+    at once, beside the stats polls and calls cancelled but not yet removed, which admission
+    does not count. With the bound raised by one replica's slots plus one poll it still
+    refused 126 (load_tests/overload.py, 3×, 12 documents)."""
     if max_queued_requests == -1:
         return -1
-    return max_queued_requests + max_replicas * max_ongoing_requests
+    return 2 * (max_replicas * max_ongoing_requests + max_queued_requests)
 
 
 def drain_seconds(load: ModelLoad) -> float | None:

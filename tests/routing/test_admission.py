@@ -233,8 +233,8 @@ def test_auto_keeps_a_place_on_an_eligible_model_and_otherwise_holds_none():
 
 
 def test_serves_own_queue_bound_leaves_room_above_admissions():
-    # Admission allows replicas x 4 + 8 calls; Serve refuses only past every slot of
-    # every replica turning over at once on top of that.
-    assert serve_queue_bound(4, 8, max_replicas=1) == 12
-    assert serve_queue_bound(4, 8, max_replicas=3) == 20
+    # Admission allows at most max_replicas x 4 + 8 calls per ingress; Serve refuses
+    # only past twice that.
+    assert serve_queue_bound(4, 8, max_replicas=1) == 24
+    assert serve_queue_bound(4, 8, max_replicas=3) == 40
     assert serve_queue_bound(4, -1, max_replicas=3) == -1

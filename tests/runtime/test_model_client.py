@@ -187,7 +187,7 @@ def test_placement_and_queue_settings_flow_into_deployment_options():
     assert tiny["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
     # Deployed with Serve's own bound above the one admission enforces (a backstop).
     ongoing = config.models[0].max_ongoing_requests
-    assert model_options(config.models[0])["max_queued_requests"] == 16 + ongoing
+    assert model_options(config.models[0])["max_queued_requests"] == 2 * (16 + ongoing)
     ingress = config.ingress.deployment_options()
     assert ingress["ray_actor_options"]["resources"] == {"node:__internal_head__": 0.01}
     assert ingress["max_queued_requests"] == 64
