@@ -49,6 +49,8 @@ class LoadView(Protocol):
 
     def requests_in_flight(self, model: str) -> int: ...
 
+    def undispatched_tokens(self, model: str) -> float: ...
+
     def hold(self, model: str) -> None: ...
 
     def unhold(self, model: str) -> None: ...
@@ -117,11 +119,13 @@ def serve_queue_bound(
     return 2 * (max_replicas * max_ongoing_requests + max_queued_requests)
 
 
-def drain_seconds(load: ModelLoad) -> float | None:
-    """How long the model's queued work takes at its measured rate; None: not measured."""
+def drain_seconds(load: ModelLoad, undispatched_tokens: float = 0.0) -> float | None:
+    """How long the model's queued work takes at its measured rate, with the work admitted
+    but not yet dispatched; None: not measured."""
     if load.seconds_per_token is None or not load.batches_measured:
         return None
-    return load.queued_tokens * load.seconds_per_token / max(1, load.replicas)
+    tokens = load.queued_tokens + undispatched_tokens
+    return tokens * load.seconds_per_token / max(1, load.replicas)
 
 
 class Admission:
@@ -154,7 +158,9 @@ class Admission:
         allowed = bound.calls_allowed(load.replicas)
         if allowed is not None and self.board.requests_in_flight(model) >= allowed:
             return "its queue is full"
-        drain = drain_seconds(load)
+        # Held places still being parsed count too: a burst admitted in the time it takes
+        # to tokenize would otherwise see an empty queue.
+        drain = drain_seconds(load, self.board.undispatched_tokens(model))
         if bound.max_queue_wait_s is not None and drain is not None:
             if drain > bound.max_queue_wait_s:
                 return f"its queued work needs {drain:.1f}s, over its {bound.max_queue_wait_s}s"
@@ -162,7 +168,7 @@ class Admission:
 
     def retry_after_s(self, model: str, load: ModelLoad | None = None) -> float:
         load = load if load is not None else self.board.loads()[model]
-        drain = drain_seconds(load)
+        drain = drain_seconds(load, self.board.undispatched_tokens(model))
         if drain is None:
             bound = self.bounds.get(model)
             return bound.fallback_retry_after_s if bound else float(RETRY_AFTER_MIN_S)

@@ -23,6 +23,7 @@ from serve_app.model.stats import ModelStatsSnapshot
 from serve_app.routing.budget import ModelLoad
 
 OVERHEAD_EWMA_WEIGHT = 0.2  # weight of the newest overhead sample
+TOKENS_EWMA_WEIGHT = 0.1  # weight of the newest call's tokens in the per-call mean
 
 
 class LoadBoard:
@@ -41,6 +42,7 @@ class LoadBoard:
         self.admitted: dict[str, int] = {m: 0 for m in models}
         self._foreign_tokens: dict[str, int] = {m: 0 for m in models}
         self.overhead_ms: dict[str, float] = {}
+        self.tokens_per_call: dict[str, float] = {}  # recent calls' mean, per model
 
     @contextmanager
     def dispatched(self, model: str, tokens: int) -> Iterator[None]:
@@ -50,6 +52,10 @@ class LoadBoard:
         started = time.perf_counter()
         self.inflight_tokens[model] += tokens
         self.inflight_requests[model] += 1
+        mean = self.tokens_per_call.get(model)
+        self.tokens_per_call[model] = (
+            tokens if mean is None else mean + TOKENS_EWMA_WEIGHT * (tokens - mean)
+        )
         try:
             yield
         finally:
@@ -75,6 +81,13 @@ class LoadBoard:
 
     def unhold(self, model: str) -> None:
         self.admitted[model] -= 1
+
+    def undispatched_tokens(self, model: str) -> float:
+        """Work admitted for `model` that `loads()` cannot show yet: requests holding a
+        place but still being read, parsed or tokenized, at the mean tokens of its recent
+        calls (0 before the first call)."""
+        waiting = max(0, self.admitted[model] - self.inflight_requests[model])
+        return waiting * self.tokens_per_call.get(model, 0.0)
 
     def requests_in_flight(self, model: str) -> int:
         """Calls this ingress holds at the model, counting admitted requests not yet

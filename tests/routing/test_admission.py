@@ -25,6 +25,7 @@ class FakeBoard:
     def __init__(self) -> None:
         self.load: dict[str, ModelLoad] = {}
         self.calls: dict[str, int] = {}
+        self.undispatched: dict[str, float] = {}
 
     def set(self, model: str, calls: int = 0, **load) -> None:
         self.calls[model] = calls
@@ -35,6 +36,9 @@ class FakeBoard:
 
     def requests_in_flight(self, model: str) -> int:
         return self.calls[model]
+
+    def undispatched_tokens(self, model: str) -> float:
+        return self.undispatched.get(model, 0.0)
 
     def hold(self, model: str) -> None:
         self.calls[model] += 1
@@ -238,3 +242,29 @@ def test_serves_own_queue_bound_leaves_room_above_admissions():
     assert serve_queue_bound(4, 8, max_replicas=1) == 24
     assert serve_queue_bound(4, 8, max_replicas=3) == 40
     assert serve_queue_bound(4, -1, max_replicas=3) == -1
+
+
+def test_work_admitted_but_not_yet_dispatched_counts_against_max_queue_wait():
+    board = FakeBoard()
+    bound = QueueBound(max_ongoing_requests=100, max_queued_requests=-1, max_queue_wait_s=2.0)
+    adm = admission(board, a=bound)
+    board.set("a", queued_tokens=15_000, seconds_per_token=1e-4, batches_measured=5)
+    adm.check(["a"])  # 1.5 s queued
+    board.undispatched["a"] = 10_000.0  # places held by requests still being parsed
+    with pytest.raises(Overloaded, match="needs 2.5s") as refused:
+        adm.check(["a"])
+    assert refused.value.retry_after_s == 3
+
+
+def test_the_board_estimates_undispatched_work_from_recent_calls():
+    board = LoadBoard(["a"])
+    adm = Admission(board, {"a": QueueBound(max_ongoing_requests=8, max_queued_requests=8)})
+    assert board.undispatched_tokens("a") == 0  # no call yet: nothing to go by
+    with board.dispatched("a", 100):
+        pass
+    places = [adm.reserve(["a"]) for _ in range(3)]
+    with board.dispatched("a", 100):  # one of the three has reached the model
+        assert board.undispatched_tokens("a") == 2 * 100
+    for place in places:
+        place.release()
+    assert board.undispatched_tokens("a") == 0
