@@ -1,6 +1,6 @@
 """The HTTP edge, as one pure ASGI middleware in front of every route: request ids, the
-in-flight limits (per replica, per key), the models' capacity check for scoring routes
-(before the body is read), API-key authentication, reading the body (size limit, deadline;
+in-flight limits (per replica, per key), API-key authentication, a place at the models
+for scoring routes (before the body is read), reading the body (size limit, deadline;
 none on public paths), and per request one structured access-log line and one observation
 (route, status, error type, duration).
 A client that goes away before its answer (mid-body, or while its request is worked on,
@@ -75,7 +75,8 @@ class EdgePolicy:
     # Overrides `retry_after_s` for the in-flight refusal: the models' measured drain time.
     retry_after: Callable[[], float] | None = None
     # Paths that score (a model call per request) and the reservation of a place at the
-    # models, from the load board, taken before the body is read (raises `Overloaded` when
+    # models, from the load board, taken once the key is known and before the body is read
+    # (raises `Overloaded` when
     # there is none): a request that would only be refused later costs neither reading
     # nor parsing. Handed to the service in `scope["state"]["reservation"]`; given back
     # here, at the latest, when the request ends.
@@ -123,8 +124,6 @@ class EdgeMiddleware:
         try:
             if scope.get("path") not in policy.public_paths:
                 _check_capacity(self.in_flight, policy)
-                if policy.reserve_scoring is not None and scope.get("path") in policy.scoring_paths:
-                    state["reservation"] = policy.reserve_scoring()
                 self.in_flight += 1
                 counted = True
             receive = await self._admit(scope, receive, headers, policy, state)
@@ -188,6 +187,10 @@ class EdgeMiddleware:
         state["principal"] = principal
         if principal.key_id != ANONYMOUS:
             state["key_slot"] = self.per_key.acquire(principal.key_id)
+        # After the key (microseconds), so only a caller with a key holds a place while its
+        # body arrives, and at most its per-key share of them.
+        if policy.reserve_scoring is not None and scope.get("path") in policy.scoring_paths:
+            state["reservation"] = policy.reserve_scoring()
         deadline_s = None
         if policy.body_timeout_s is not None:
             deadline_s = policy.body_timeout_s - (time.perf_counter() - state["arrived"])

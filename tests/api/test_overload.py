@@ -475,3 +475,18 @@ async def test_a_client_gone_mid_body_gives_its_place_back_as_a_499(checkpoint_r
     zero = {m: 0 for m in models}
     assert parts.places_held() == {"admitted": zero, "calls": zero, "pooled": 0}
     assert parts.tokenizations.calls == 0
+
+
+@pytest.mark.anyio
+async def test_only_a_caller_with_a_key_takes_a_place(checkpoint_root):
+    """The place is taken once the key is checked (before the body): a request without
+    one is a 401 whatever the load, and holds nothing while its body would arrive."""
+    parts = Parts(checkpoint_root, models=(TINY,))
+    with ExitStack() as held:
+        parts.fill(held, TINY, 3)  # full
+        async with parts.client() as c:
+            no_key = await c.post("/v1/rerank", json=BODY)
+            full = await c.post("/v1/rerank", json=BODY, headers={**AUTH, "x-request-id": "rid-1"})
+    assert no_key.status_code == 401
+    assert_refusal(full, 503, "overloaded", "4")
+    assert parts.board.admitted == {TINY: 0}
