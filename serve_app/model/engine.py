@@ -20,6 +20,7 @@ from serve_app.model.backends import (
     Backend,
     Device,
     EngineStartError,
+    has_segments,
     load_backend,
     resolve_backend,
     select_device,
@@ -53,6 +54,7 @@ class CrossEncoderEngine:
             raise EngineStartError(self.name, backend, "expected a cross-encoder with one logit")
         self.random_weights = bool(getattr(config, RANDOM_INIT_MARKER, False))
         self.max_length = config.max_position_embeddings
+        self.segments = has_segments(config)
         chosen = resolve_backend(self.name, backend, quantization, device)
         self.backend: Backend = load_backend(
             chosen,
@@ -65,6 +67,7 @@ class CrossEncoderEngine:
             gpu_memory_fraction=gpu_memory_fraction,
             export_cache=export_cache,
             calibration_pairs=calibration_pairs,
+            segments=self.segments,
         )
         self.device: Device = device
 
