@@ -348,6 +348,9 @@ class UsageTotals(BaseModel):
     requests: int
     documents: int = Field(description="Documents scored: the billed unit.")
     tokens: int
+    windows: int = Field(
+        description="Pairs scored: one per document, one per window of a chunked document."
+    )
     cost_usd: float
 
 

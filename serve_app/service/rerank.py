@@ -67,6 +67,7 @@ class RerankService:
                 model=result.model,
                 documents=result.documents,
                 tokens=result.total_tokens,
+                windows=result.windows,
                 charges=tuple((n, self.config.pricing.price(m)) for m, n in result.scored),
             )
         )
