@@ -377,7 +377,15 @@ async def test_usage_by_day_month_and_model_within_dates(service_parts):
     assert [g["group"] for g in by_model["groups"]] == [L12, TINY]
     assert [g["group"] for g in by_month["groups"]] == [today[:7]]
     assert before["requests"] == 0 and before["models"] == {}
-    assert set(plain) == {"key_id", "requests", "documents", "tokens", "windows", "cost_usd", "models"}
+    assert set(plain) == {
+        "key_id",
+        "requests",
+        "documents",
+        "tokens",
+        "windows",
+        "cost_usd",
+        "models",
+    }
 
 
 @pytest.mark.anyio
