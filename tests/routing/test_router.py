@@ -227,6 +227,29 @@ def test_cascade_orders_kept_by_second_then_rest_by_first_and_bills_both(plain):
     assert models.calls[:2] == [(TINY, len(DOCS)), (L12, 3)]
 
 
+def test_chunked_documents_through_the_cascade_and_budget_routing(plain):
+    router, models, _ = plain
+    long = " ".join(f"river{i % 40} bank" for i in range(1500))
+    docs = ["a", long, "bb bb", long + " tail"]
+    models.calls.clear()
+    out = run(router, model="cascade", cascade={"keep": 2}, documents=docs, long_documents="chunk")
+    (_, first_pairs), (_, second_pairs) = models.calls[:2]
+    assert first_pairs > len(docs) and second_pairs > 2  # windows, not documents
+    assert out.scored == [(TINY, 4), (L12, 2)]  # billed per document
+    assert out.windows == first_pairs + second_pairs
+    # TinyBERT (longest pair best) keeps the long documents; L12 (shortest best) then scores
+    # each by its last, shortest window, and that is the passage the answer gives.
+    assert {i for i, _ in out.ranked[:2]} == {1, 3} and sorted(out.passages) == [1, 3]
+    for i in (1, 3):
+        assert out.passages[i].end == len(docs[i]) and out.passages[i].chunks > 3
+    # Budget routing and the prediction price every window's tokens.
+    chunked = run(router, model=L12, documents=docs, long_documents="chunk")
+    truncated = run(router, model=L12, documents=docs, long_documents="truncate")
+    assert chunked.total_tokens > 3 * truncated.total_tokens
+    assert chunked.routing.predicted_ms > truncated.routing.predicted_ms
+    assert truncated.passages == {} and truncated.windows == len(docs)
+
+
 def test_cascade_object_alone_defaults_and_limits(plain):
     router, _, _ = plain
     out = run(router, cascade={"first": "ms-marco-MiniLM-L-2-v2", "keep": 100}, top_n=2)
