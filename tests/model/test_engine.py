@@ -233,6 +233,7 @@ class RecordingBackend:
 def engine_on(backend, device: str = "cpu", max_length: int = 512) -> CrossEncoderEngine:
     engine = CrossEncoderEngine.__new__(CrossEncoderEngine)
     engine.backend, engine.device, engine.max_length = backend, device, max_length
+    engine.vocab_size = 30522
     return engine
 
 
