@@ -20,6 +20,7 @@ from serve_app.model.backends import (
     Backend,
     Device,
     EngineStartError,
+    has_segments,
     load_backend,
     resolve_backend,
     select_device,
@@ -53,6 +54,8 @@ class CrossEncoderEngine:
             raise EngineStartError(self.name, backend, "expected a cross-encoder with one logit")
         self.random_weights = bool(getattr(config, RANDOM_INIT_MARKER, False))
         self.max_length = config.max_position_embeddings
+        self.segments = has_segments(config)
+        self.vocab_size = config.vocab_size
         chosen = resolve_backend(self.name, backend, quantization, device)
         self.backend: Backend = load_backend(
             chosen,
@@ -65,6 +68,7 @@ class CrossEncoderEngine:
             gpu_memory_fraction=gpu_memory_fraction,
             export_cache=export_cache,
             calibration_pairs=calibration_pairs,
+            segments=self.segments,
         )
         self.device: Device = device
 
@@ -119,7 +123,9 @@ class CrossEncoderEngine:
         multi-row batches. On CUDA, up to the full token budget at short, middle and full
         length, so allocator growth and kernel selection happen now. Call it on the
         thread that will run forward passes: cuBLAS and cuDNN state is per thread."""
-        head = np.array([101] + [1996] * 8 + [102], dtype=np.int32)
+        # Any id the embedding has: what the tokens are doesn't change what runs.
+        token = min(1996, self.vocab_size - 1)
+        head = np.full(10, token, dtype=np.int32)
         widths = [32, 128, self.max_length] if self.device == "cuda" else [32, self.max_length]
         # Priced so that the packer keeps each width's rows in one batch.
         one_pass = replace(limits, batch_overhead_tokens=10**9)
@@ -130,7 +136,7 @@ class CrossEncoderEngine:
             pair_lengths = np.full(rows, width - 1, dtype=np.int32)
             pair_lengths[0] = width
             doc_lengths = pair_lengths - len(head)
-            docs = np.full(int(doc_lengths.sum()), 1996, dtype=np.int32)
+            docs = np.full(int(doc_lengths.sum()), token, dtype=np.int32)
             self.score([EncodedPairs(head, docs, doc_lengths)], one_pass)
 
     def describe(self) -> dict[str, Any]:

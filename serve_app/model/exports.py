@@ -126,27 +126,33 @@ def cached(
 
 
 def export_onnx(checkpoint: Path, out: Path) -> None:
-    """fp32 ONNX with the published files' inputs (ids, 2-D mask, segment ids) and dynamic
-    batch and length. The example batch has padding so the traced graph keeps the mask."""
+    """fp32 ONNX with the published files' inputs (ids, 2-D mask, and segment ids for a
+    model that has them) and dynamic batch and length. The example batch has padding so
+    the traced graph keeps the mask."""
     import torch
     from transformers import AutoModelForSequenceClassification
+
+    from serve_app.model.backends import has_segments
 
     model = AutoModelForSequenceClassification.from_pretrained(
         checkpoint, dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    ids = torch.full((2, 16), 1996, dtype=torch.long)
+    ids = torch.full((2, 16), 5, dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
-    segments = torch.zeros_like(ids)
-    segments[:, 5:] = 1
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    example = {"input_ids": ids, "attention_mask": mask}
+    if has_segments(model.config):
+        example["token_type_ids"] = torch.zeros_like(ids)
+        example["token_type_ids"][:, 5:] = 1
+    names = list(example)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (ids, mask, segments),
+            (),
             str(out),
+            kwargs=example,
             input_names=names,
             output_names=["logits"],
             dynamic_axes={**axes, "logits": {0: "batch"}},

@@ -45,7 +45,8 @@ class Backend(Protocol):
 
     def launch(self, ids: np.ndarray, lengths: np.ndarray, heads: np.ndarray) -> Any:
         """Start one padded batch: `ids` (rows, width) int64, zero-padded; `lengths` each
-        row's real tokens; `heads` each row's `[CLS] query [SEP]` length (segment 0)."""
+        row's real tokens; `heads` each row's query part with its special tokens (segment
+        0; the document part is segment 1 for models that have segments)."""
 
     def collect(self, launched: list[Any]) -> np.ndarray:
         """float32 logits of the launched batches, concatenated in launch order."""
@@ -54,15 +55,18 @@ class Backend(Protocol):
 
 
 class GraphBackend:
-    """What ONNX Runtime and OpenVINO share: an exported graph on CPU fed the three BERT
-    inputs in numpy, run synchronously on the forward thread, with its own thread pool.
-    A subclass sets `path`, `quantization`, `cpu_threads`, `_inputs` (the graph's input
-    names) and `runtime` (its package and version), and implements `_run`."""
+    """What ONNX Runtime and OpenVINO share: an exported graph on CPU fed ids, mask and
+    (where the model has them) segment ids in numpy, run synchronously on the forward
+    thread, with its own thread pool. A subclass sets `path`, `quantization`,
+    `cpu_threads`, `segments`, `score_column`, `_inputs` (the graph's input names) and
+    `runtime` (its package and version), and implements `_run`."""
 
     pad_multiple = 1
     name: BackendName
     quantization: Quantization
     cpu_threads: int | None
+    segments: bool
+    score_column: int
     path: Any
     runtime: dict[str, str]
     _inputs: set[str]
@@ -75,8 +79,10 @@ class GraphBackend:
         raise NotImplementedError
 
     def launch(self, ids: np.ndarray, lengths: np.ndarray, heads: np.ndarray) -> np.ndarray:
-        feed = {k: v for k, v in cpu_inputs(ids, lengths, heads).items() if k in self._inputs}
-        return self._run(feed)[:, 0]
+        inputs = cpu_inputs(ids, lengths, heads, self.segments)
+        return self._run({k: v for k, v in inputs.items() if k in self._inputs})[
+            :, self.score_column
+        ]
 
     def collect(self, launched: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(launched).astype(np.float32, copy=False)
@@ -154,14 +160,24 @@ def select_device(
     )
 
 
-def cpu_inputs(ids: np.ndarray, lengths: np.ndarray, heads: np.ndarray) -> dict[str, np.ndarray]:
-    """The three BERT inputs as an exported graph takes them (int64, 2-D mask)."""
+def has_segments(config: Any) -> bool:
+    """Whether the model tells query from document by segment ids (BERT, ELECTRA: two
+    token types). XLM-RoBERTa has one token type and DistilBERT none: all zeros or absent."""
+    return getattr(config, "type_vocab_size", 0) >= 2
+
+
+def cpu_inputs(
+    ids: np.ndarray, lengths: np.ndarray, heads: np.ndarray, segments: bool = True
+) -> dict[str, np.ndarray]:
+    """The model inputs as an exported graph takes them (int64, 2-D mask); a graph that
+    has no `token_type_ids` input is fed only the others."""
     positions = np.arange(ids.shape[1])[None, :]
     mask = positions < lengths[:, None]
+    document = (positions >= heads[:, None]) & mask if segments else np.zeros_like(mask)
     return {
         "input_ids": ids,
         "attention_mask": mask.astype(np.int64),
-        "token_type_ids": ((positions >= heads[:, None]) & mask).astype(np.int64),
+        "token_type_ids": document.astype(np.int64),
     }
 
 
@@ -177,6 +193,8 @@ def load_backend(
     gpu_memory_fraction: float | None,
     export_cache: str | None,
     calibration_pairs: str | None,
+    segments: bool = True,
+    score_column: int = 0,
 ) -> Backend:
     """Import only the runtime asked for: a torch replica never loads ONNX Runtime."""
     try:
@@ -189,24 +207,29 @@ def load_backend(
                 dtype=dtype,
                 cpu_threads=cpu_threads,
                 gpu_memory_fraction=gpu_memory_fraction,
+                segments=segments,
+                score_column=score_column,
             )
         if dtype not in ("auto", "float32"):
             raise EngineStartError(model, name, f"dtype {dtype} is a CUDA setting; CPU runs fp32")
         if name == "onnx":
             from serve_app.model.backends.onnx_backend import OnnxBackend
 
-            return OnnxBackend(
+            backend = OnnxBackend(
                 source, quantization=quantization, cpu_threads=cpu_threads, cache=export_cache
             )
-        from serve_app.model.backends.openvino_backend import OpenVinoBackend
+        else:
+            from serve_app.model.backends.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(
-            source,
-            quantization=quantization,
-            cpu_threads=cpu_threads,
-            cache=export_cache,
-            calibration_pairs=calibration_pairs,
-        )
+            backend = OpenVinoBackend(
+                source,
+                quantization=quantization,
+                cpu_threads=cpu_threads,
+                cache=export_cache,
+                calibration_pairs=calibration_pairs,
+            )
+        backend.segments, backend.score_column = segments, score_column
+        return backend
     except EngineStartError:
         raise
     except Exception as e:  # noqa: BLE001 - any load failure names model, backend, cause

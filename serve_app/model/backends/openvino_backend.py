@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import openvino as ov
+from transformers import AutoConfig
 
 from serve_app.config import Quantization
-from serve_app.model.backends import GraphBackend, cpu_inputs
+from serve_app.model.backends import GraphBackend, cpu_inputs, has_segments
 from serve_app.model.exports import OPENVINO_FP32, OPENVINO_INT8, cached, onnx_file, shipped_file
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ def _quantize(
     from serve_app.model.calibration import calibration_batches
 
     fp32 = core.read_model(str(onnx_file(source, "none", cache)))
+    names = {name for i in fp32.inputs for name in i.get_names()}
+    segments = has_segments(AutoConfig.from_pretrained(source))
     batches = [
-        cpu_inputs(*batch)
+        {k: v for k, v in cpu_inputs(*batch, segments).items() if k in names}
         for batch in calibration_batches(source, calibration_pairs, CALIBRATION_BATCHES)
     ]
     quantized = nncf.quantize(

@@ -50,7 +50,11 @@ class TorchBackend:
         dtype: str = "auto",
         cpu_threads: int | None = None,
         gpu_memory_fraction: float | None = None,
+        segments: bool = True,
+        score_column: int = 0,
     ):
+        self.segments = segments
+        self.score_column = score_column
         self.device = torch.device(device)
         on_gpu = self.device.type == "cuda"
         self.dtype = ("float16" if on_gpu else "float32") if dtype == "auto" else dtype
@@ -91,13 +95,15 @@ class TorchBackend:
         input_ids = packed[: rows * width].view(rows, width)
         lengths_t = packed[rows * width : rows * width + rows]
         heads_t = packed[rows * width + rows :]
-        positions = torch.arange(width, device=self.device)[None, :]
-        token_type_ids = (positions >= heads_t[:, None]) & (positions < lengths_t[:, None])
-        mask = additive_mask(lengths_t, width, self._torch_dtype) if padded else None
+        inputs = {"input_ids": input_ids}
+        if padded:
+            inputs["attention_mask"] = additive_mask(lengths_t, width, self._torch_dtype)
+        if self.segments:
+            positions = torch.arange(width, device=self.device)[None, :]
+            document = (positions >= heads_t[:, None]) & (positions < lengths_t[:, None])
+            inputs["token_type_ids"] = document.long()
         with torch.inference_mode(), self._attention():
-            return self.model(
-                input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids.long()
-            ).logits[:, 0]
+            return self.model(**inputs).logits[:, self.score_column]
 
     def _attention(self):
         if self._sdpa is None:
