@@ -75,11 +75,10 @@ class EdgePolicy:
     # Overrides `retry_after_s` for the in-flight refusal: the models' measured drain time.
     retry_after: Callable[[], float] | None = None
     # Paths that score (a model call per request) and the reservation of a place at the
-    # models, from the load board, taken once the key is known and before the body is read
-    # (raises `Overloaded` when
-    # there is none): a request that would only be refused later costs neither reading
-    # nor parsing. Handed to the service in `scope["state"]["reservation"]`; given back
-    # here, at the latest, when the request ends.
+    # models, from the load board, taken once the key is known and before the body is
+    # read (raises `Overloaded` when there is none): a request that would only be refused
+    # later costs neither reading nor parsing. Handed to the service in
+    # `scope["state"]["reservation"]`; given back here, at the latest, when it ends.
     scoring_paths: frozenset[str] = frozenset()
     reserve_scoring: Callable[[], Place] | None = None
 
@@ -188,7 +187,7 @@ class EdgeMiddleware:
         if principal.key_id != ANONYMOUS:
             state["key_slot"] = self.per_key.acquire(principal.key_id)
         # After the key (microseconds), so only a caller with a key holds a place while its
-        # body arrives, and at most its per-key share of them.
+        # body arrives, and no more of them than its in-flight cap allows.
         if policy.reserve_scoring is not None and scope.get("path") in policy.scoring_paths:
             state["reservation"] = policy.reserve_scoring()
         deadline_s = None

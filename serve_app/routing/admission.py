@@ -106,14 +106,14 @@ def serve_queue_bound(
     """The `max_queued_requests` to give Serve itself for a model deployment whose calls
     admission bounds (per ingress, like Serve's: replicas × `max_ongoing_requests` +
     `max_queued_requests`): twice the most admission allows, a backstop for a count gone
-    wrong that never races admission. At equal bounds Serve refused a fifth to a third of
-    the requests at 3× load after admission had let them through (after their bodies were
-    read and parsed, the cost admission exists to avoid): Serve counts a call as waiting
-    until a replica has accepted it and hands waiting calls to freed replica slots on its
-    own schedule (with backoff), so all of one ingress's admitted calls can be waiting there
-    at once, beside the stats polls and calls cancelled but not yet removed, which admission
-    does not count. With the bound raised by one replica's slots plus one poll it still
-    refused 126 (load_tests/overload.py, 3×, 12 documents)."""
+    wrong (it refused none of admission's calls in any run). Serve counts a call as
+    waiting until a replica has accepted it and hands waiting calls to freed replica slots
+    on its own schedule (with backoff), so all of one ingress's admitted calls can be
+    waiting there at once, beside the stats poll, which admission does not count. At equal
+    bounds Serve refused 133 calls admission had let through in 5 s at 3× load, after their
+    bodies were read and parsed (the cost admission exists to avoid); with one replica's
+    slots plus one poll of room, 126 in 8 s; at twice, none (`load_tests/overload.py`,
+    12 documents)."""
     if max_queued_requests == -1:
         return -1
     return 2 * (max_replicas * max_ongoing_requests + max_queued_requests)
