@@ -76,8 +76,15 @@ def check_checkpoint(
     try:
         config = AutoConfig.from_pretrained(source)
     except Exception as e:  # noqa: BLE001 - unknown model type, custom code, missing files
+        own_code = _own_code(source)
+        cause = (
+            f"it needs its own model code ({own_code}), which is not run here; " if own_code else ""
+        )
         raise EngineStartError(
-            name, backend, f"transformers cannot load {source!r}: {type(e).__name__}: {e}"
+            name,
+            backend,
+            f"transformers cannot load {source!r} as a sequence classifier: {cause}"
+            f"{type(e).__name__}: {str(e).splitlines()[0]}",
         ) from e
     classifier = _sequence_classifier(config.model_type)
     if classifier is None:
@@ -119,6 +126,16 @@ def check_checkpoint(
         vocab_size=config.vocab_size,
         random_weights=bool(getattr(config, RANDOM_INIT_MARKER, False)),
     )
+
+
+def _own_code(source: str) -> str | None:
+    """The classes a checkpoint's config maps to its own code (`auto_map`), if any."""
+    path = _local_file(source, "config.json")
+    try:
+        auto_map = json.loads(path.read_text()).get("auto_map") if path else None
+    except (OSError, ValueError):
+        return None
+    return ", ".join(f"{k}: {v}" for k, v in auto_map.items()) if auto_map else None
 
 
 def _sequence_classifier(model_type: str) -> str | None:
