@@ -593,8 +593,8 @@ class AppConfig(_Strict):
         deployments = [m.short_name.lower() for m in self.models]
         if len(set(deployments)) != len(deployments):
             raise ValueError(f"two models would share a deployment name: {names}")
+        self._name_served_models_canonically()
         if self.default_model is not None:
-            self.default_model = model_name(self.default_model)
             if self.default_model not in names:
                 raise ValueError(f"default_model {self.default_model} is not enabled")
         catalog = load_catalog().cards
@@ -621,6 +621,28 @@ class AppConfig(_Strict):
         if len(set(sources)) != len(sources):
             raise ValueError(f"routing.splits: more than one split from one model: {sources}")
         return self
+
+    def _name_served_models_canonically(self) -> None:
+        """Names elsewhere in the config may spell a model outside the catalog as its
+        deployment does (`bge-reranker-base` for `BAAI/bge-reranker-base`): one name each."""
+        catalog = self.catalog()
+
+        def canonical(name: str) -> str:
+            card = catalog.find(name)
+            return name if card is None else card.name
+
+        if self.default_model is not None:
+            self.default_model = canonical(self.default_model)
+        cascade = self.routing.cascade
+        cascade.first, cascade.second = canonical(cascade.first), canonical(cascade.second)
+        for split in self.routing.splits:
+            split.source, split.target = canonical(split.source), canonical(split.target)
+        shadow = self.routing.shadow
+        if shadow is not None:
+            shadow.model = canonical(shadow.model)
+            shadow.against = None if shadow.against is None else canonical(shadow.against)
+        prices = self.pricing.usd_per_1k_documents
+        self.pricing.usd_per_1k_documents = {canonical(k): v for k, v in prices.items()}
 
     @property
     def enabled_models(self) -> list[str]:

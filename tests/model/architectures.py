@@ -133,3 +133,17 @@ def _write_xlm_roberta(out: Path, seed: int) -> Path:
     )
     setattr(config, RANDOM_INIT_MARKER, True)
     return save_random_checkpoint(config, out, seed, tokenizer)
+
+
+def write_headless_distilbert(out: Path) -> Path:
+    """A DistilBERT encoder without a classification head, as a checkpoint published with
+    its own head code (distilbert-cat's BERT_Cat) is to transformers."""
+    import torch
+    from transformers import DistilBertModel
+
+    architecture = {**SIZES, "model_type": "distilbert", "intermediate_size": 64}
+    config = random_config({**architecture, "vocab_size": 30522, "num_labels": 1})
+    torch.manual_seed(0)
+    DistilBertModel(config).save_pretrained(out)
+    bundled_tokenizer("DistilBertTokenizerFast").save_pretrained(out)
+    return out

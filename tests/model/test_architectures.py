@@ -15,15 +15,14 @@ import torch
 
 from serve_app.config import ModelDeploymentConfig
 from serve_app.model.backends import EngineStartError
-from serve_app.model.checkpoints import bundled_tokenizer, random_config
 from serve_app.model.engine import CrossEncoderEngine, check_checkpoint
 from serve_app.model.tokenization import PairEncoder
 from tests.model.architectures import (
     ARCHITECTURES,
     DOCUMENTS,
     QUERY,
-    SIZES,
     write_architecture,
+    write_headless_distilbert,
 )
 
 TOLERANCE = 1e-4
@@ -115,23 +114,8 @@ def test_a_catalog_cards_score_label_applies_only_to_checkpoints_with_several_la
         check_checkpoint("m", one, 1)
 
 
-def _bare_distilbert(out: Path) -> Path:
-    """A DistilBERT encoder without a classification head, as a checkpoint published with
-    its own head code (distilbert-cat's BERT_Cat) is to transformers."""
-    from transformers import DistilBertModel
-
-    config = random_config(
-        {**SIZES, "model_type": "distilbert", "intermediate_size": 64, "vocab_size": 30522}
-        | {"num_labels": 1}
-    )
-    torch.manual_seed(0)
-    DistilBertModel(config).save_pretrained(out)
-    bundled_tokenizer("DistilBertTokenizerFast").save_pretrained(out)
-    return out
-
-
 def test_a_checkpoint_of_another_model_class_is_refused_naming_the_model(tmp_path):
-    path = _bare_distilbert(tmp_path / "cat")
+    path = write_headless_distilbert(tmp_path / "cat")
     name = "sebastian-hofstaetter/distilbert-cat-margin_mse-T2-msmarco"
     with pytest.raises(EngineStartError) as e:
         CrossEncoderEngine(str(path), name=name, backend="torch")
@@ -142,7 +126,7 @@ def test_a_checkpoint_of_another_model_class_is_refused_naming_the_model(tmp_pat
 def test_a_checkpoint_whose_head_weights_are_missing_is_refused(tmp_path):
     """Named a sequence classifier in its config, but saved without the head: transformers
     would load it with a random head and only warn."""
-    path = _bare_distilbert(tmp_path / "headless")
+    path = write_headless_distilbert(tmp_path / "headless")
     config = json.loads((path / "config.json").read_text())
     config["architectures"] = ["DistilBertForSequenceClassification"]
     (path / "config.json").write_text(json.dumps(config))
@@ -151,7 +135,7 @@ def test_a_checkpoint_whose_head_weights_are_missing_is_refused(tmp_path):
 
 
 def test_a_checkpoint_with_its_own_model_type_is_refused(tmp_path):
-    path = _bare_distilbert(tmp_path / "custom")
+    path = write_headless_distilbert(tmp_path / "custom")
     config = json.loads((path / "config.json").read_text())
     config.update(model_type="bert_cat", architectures=["BERT_Cat"])
     config["auto_map"] = {"AutoModel": "modeling_bert_cat.BERT_Cat"}
