@@ -12,7 +12,7 @@ import torch
 
 from serve_app.catalog import load_catalog
 from serve_app.model.checkpoints import RANDOM_INIT_MARKER, write_random_checkpoint
-from serve_app.model.engine import CrossEncoderEngine
+from serve_app.model.engine import CheckpointFacts, CrossEncoderEngine
 from serve_app.model.packing import PackingLimits
 from serve_app.model.tokenization import PairEncoder, pair_ids
 from tests.conftest import ALL_MODELS, checkpoint_path
@@ -231,6 +231,7 @@ class RecordingBackend:
 def engine_on(backend, device: str = "cpu", max_length: int = 512) -> CrossEncoderEngine:
     engine = CrossEncoderEngine.__new__(CrossEncoderEngine)
     engine.backend, engine.device, engine.max_length = backend, device, max_length
+    engine.facts = CheckpointFacts("bert", 1, 0, True, max_length, 30522, True)
     return engine
 
 
