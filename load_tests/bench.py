@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from load_tests.workload import describe, make_requests
+from load_tests.workload import SHAPES, describe, make_requests
 
 
 def percentile_ms(seconds: list[float], q: float) -> float | None:
@@ -206,6 +206,7 @@ def _bodies(args: argparse.Namespace, n: int, seed: int) -> list[bytes]:
                 "query": r.query,
                 "documents": r.documents,
                 "return_documents": False,
+                **({"long_documents": args.long_documents} if args.long_documents else {}),
             }
         ).encode()
         for r in make_requests(n, args.docs, args.shape, seed=seed)
@@ -368,21 +369,28 @@ def bench_http(args: argparse.Namespace) -> dict:
         "backend": running,
         "docs": args.docs,
         "shape": args.shape,
+        "long_documents": args.long_documents,
         "closed_loop": [],
         "open_loop": [],
     }
     # One kept-alive connection, as a search service's client pool holds: a new client per
     # request would time the client's own set-up (tens of ms here), not the service.
     with httpx.Client(headers=_headers(args), timeout=120) as client:
+        usage = {"documents": 0, "windows": 0}
 
         def post(body: bytes) -> float:
             start = time.perf_counter()
-            client.post(f"{args.url}/v1/rerank", content=body).raise_for_status()
-            return time.perf_counter() - start
+            response = client.post(f"{args.url}/v1/rerank", content=body)
+            elapsed = time.perf_counter() - start
+            response.raise_for_status()
+            for field in usage:
+                usage[field] += response.json()["usage"][field]
+            return elapsed
 
         post(bodies[-1])  # untimed: the first call's one-off costs stay out of every figure
         # Idle single-request latency first: one client, one request at a time.
         single = [post(body) for body in bodies[: args.idle_requests]]
+    out["windows_per_document"] = round(usage["windows"] / max(1, usage["documents"]), 2)
     if single:
         out["idle_single_request_p50_ms"] = percentile_ms(single, 50)
         out["idle_single_request_p99_ms"] = percentile_ms(single, 99)
@@ -611,7 +619,7 @@ def main() -> None:
     e.add_argument("--checkpoints", default=os.path.expanduser("~/.cache/rerank-serve/random-init"))
     e.add_argument("--requests", type=int, default=50)
     e.add_argument("--docs", type=int, default=100)
-    e.add_argument("--shape", default="standard", choices=["standard", "long"])
+    e.add_argument("--shape", default="standard", choices=sorted(SHAPES))
     e.add_argument("--dtype", default="auto")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument(
@@ -639,7 +647,12 @@ def main() -> None:
         p.add_argument("--model", required=True)
         p.add_argument("--api-key", default=os.environ.get("RERANK_API_KEY"))
         p.add_argument("--docs", type=int, default=docs, help="documents per request")
-        p.add_argument("--shape", default="standard", choices=["standard", "long"])
+        p.add_argument("--shape", default="standard", choices=sorted(SHAPES))
+        p.add_argument(
+            "--long-documents",
+            choices=["chunk", "truncate"],
+            help="the request field; default: the server's",
+        )
         p.add_argument("--client-procs", type=int, default=client_procs)
 
     h = sub.add_parser("http")

@@ -2,6 +2,7 @@
 
 `standard`: query 3 to 10 words; passages lognormal, about 70 tokens a pair on average and
 125 at p95 (measured with the real tokenizer by `describe()`). `long`: about 400 tokens.
+`longer`: about 1,500 tokens, past a 512-token window: what chunking is for.
 Words are whole-word vocabulary entries, so one word is one token.
 """
 
@@ -18,6 +19,8 @@ from serve_app.model.checkpoints import tokenizer_dir
 SHAPES = {
     "standard": {"median": 55.0, "sigma": 0.46, "max": 500},
     "long": {"median": 395.0, "sigma": 0.10, "max": 500},
+    # Capped so that every document stays under the default `max_document_chars`.
+    "longer": {"median": 1500.0, "sigma": 0.35, "max": 3500},
 }
 
 

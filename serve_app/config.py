@@ -449,6 +449,33 @@ class AuthConfig(_Strict):
 DOCUMENTS_CEILING = 10_000
 
 
+LongDocuments = Literal["chunk", "truncate"]
+
+
+class ChunkingConfig(_Strict):
+    """What happens to a document longer than the model's window (with the query)."""
+
+    long_documents: LongDocuments = Field(
+        "truncate",
+        description="The default of the request field `long_documents`. `chunk`: score "
+        "overlapping windows and keep the best; `truncate`: score the first window only. "
+        "The shipped configs chunk.",
+    )
+    overlap_tokens: int = Field(
+        32, ge=0, le=256, description="Tokens each window shares with the one before it."
+    )
+    max_chunks_per_document: int = Field(
+        16,
+        ge=1,
+        description="Windows scored per document at most; text after the last is not seen.",
+    )
+    max_chunks_per_request: int = Field(
+        2000,
+        ge=1,
+        description="Windows over all documents of a request; more is a 422 naming this limit.",
+    )
+
+
 class LimitsConfig(_Strict):
     max_documents_per_request: int = Field(1000, ge=1, le=DOCUMENTS_CEILING)
     max_body_bytes: int = Field(
@@ -466,8 +493,8 @@ class LimitsConfig(_Strict):
     max_document_chars: int = Field(
         32_768,
         ge=1,
-        description="Longer documents are rejected (422). Only a document's first model "
-        "window (512 tokens) is scored; the rest is cut before tokenizing.",
+        description="Longer documents are rejected (422). Within it, a long document is "
+        "chunked or truncated as `chunking` says; text no window covers is never tokenized.",
     )
     max_query_chars: int = Field(
         8192,
@@ -570,6 +597,7 @@ class AppConfig(_Strict):
     routing: RoutingSettings = RoutingSettings()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    chunking: ChunkingConfig = ChunkingConfig()
     pricing: PricingConfig = PricingConfig()
     usage: UsageConfig = UsageConfig()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 def as_percent(value: float | None) -> float | None:
@@ -57,6 +58,7 @@ class RerankRequest:
     max_tokens_per_doc: int | None = None
     budget: Budget = Budget()
     cascade: CascadeSpec | None = None
+    long_documents: Literal["chunk", "truncate"] | None = None  # None: the configured default
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,16 @@ class Routing:
     predicted_ms: float | None = None
     budget_met: bool | None = None
     stages: list[str] | None = None  # cascade only: first, second
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A chunked document's best window: how many windows the document was cut into, and
+    that window's character span in the document's text."""
+
+    chunks: int
+    start: int
+    end: int
 
 
 def new_result_id() -> str:
@@ -82,6 +94,8 @@ class RerankResult:
     scored: list[tuple[str, int]]  # (model, documents) per stage: what is billed, at whose price
     total_tokens: int
     routing: Routing
+    windows: int = 0  # pairs scored over every stage: a chunked document counts its windows
+    passages: dict[int, Passage] = field(default_factory=dict)  # chunked documents only
     id: str = field(default_factory=new_result_id)
 
     @property

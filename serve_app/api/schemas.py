@@ -108,8 +108,15 @@ class RerankRequest(BaseModel):
     max_tokens_per_doc: StrictInt | None = Field(
         None,
         ge=1,
-        description="Cohere: cut each document to this many tokens before scoring "
-        "(pairs are cut at the model's 512 tokens regardless).",
+        description="Cohere: cut each document to this many tokens first; "
+        "`long_documents` applies to what is left.",
+    )
+    long_documents: Literal["chunk", "truncate"] | None = Field(
+        None,
+        description="A document longer than the model's window (with the query): `chunk` "
+        "scores every overlapping window and keeps the best, and its result carries "
+        "`chunks` and `span`; `truncate` scores its first window only. Default: the "
+        "server's `chunking.long_documents`.",
     )
 
     def document_texts(self) -> list[str]:
@@ -128,6 +135,7 @@ class RerankRequest(BaseModel):
             cascade=None
             if cascade is None
             else types.CascadeSpec(cascade.first, cascade.second, cascade.keep),
+            long_documents=self.long_documents,
         )
 
 
@@ -137,15 +145,29 @@ class CohereV2RerankRequest(RerankRequest):
     )
 
 
+class Span(BaseModel):
+    start: int = Field(description="Character offset in the document's text.")
+    end: int = Field(description="Character offset just past the passage.")
+
+
 class RerankResult(BaseModel):
     index: int
     relevance_score: float
     document: Document | None = None
+    chunks: int | None = Field(
+        None, description="Chunked documents only: windows the document was scored in."
+    )
+    span: Span | None = Field(
+        None,
+        description="Chunked documents only: the best window's text, as "
+        "`text[span.start:span.end]` (Python string offsets).",
+    )
 
 
 class Usage(BaseModel):
     documents: int = Field(description="Documents scored: the billed unit.")
     total_tokens: int
+    windows: int = Field(description="Pairs scored: one per document, one per window chunked.")
 
 
 class RoutingInfo(BaseModel):
@@ -181,6 +203,7 @@ def rerank_response(
 ) -> RerankResponse:
     """`texts`: the documents as the client sent them."""
     routing = result.routing
+    passages = result.passages
     return RerankResponse(
         id=result.id,
         model=result.model,
@@ -189,10 +212,14 @@ def rerank_response(
                 index=i,
                 relevance_score=score,
                 document=Document(text=texts[i]) if return_documents else None,
+                chunks=passages[i].chunks if i in passages else None,
+                span=Span(start=passages[i].start, end=passages[i].end) if i in passages else None,
             )
             for i, score in result.ranked
         ],
-        usage=Usage(documents=result.documents, total_tokens=result.total_tokens),
+        usage=Usage(
+            documents=result.documents, total_tokens=result.total_tokens, windows=result.windows
+        ),
         meta=ResponseMeta(billed_units=BilledUnits(search_units=search_units(result.documents))),
         routing=RoutingInfo(
             policy=routing.policy,
@@ -220,8 +247,9 @@ class TEIRerankRequest(BaseModel):
     return_text: StrictBool = Field(False, description="Add each text to its result.")
     truncate: StrictBool | None = Field(
         None,
-        description="Accepted for compatibility: long pairs are always truncated to "
-        "the model's 512 tokens (the end of the text is cut).",
+        description="Accepted for compatibility: on this route a long pair is always "
+        "truncated to the model's window (the end of the text is cut), never chunked, "
+        "whatever the server's `chunking` default.",
     )
     truncation_direction: Literal["Right", "right"] = Field(
         "Right", description="Only `Right` (cut the end of the text) is supported."
@@ -230,7 +258,11 @@ class TEIRerankRequest(BaseModel):
 
     def to_internal(self) -> types.RerankRequest:
         return types.RerankRequest(
-            query=self.query, texts=list(self.texts), model=self.model, raw_scores=self.raw_scores
+            query=self.query,
+            texts=list(self.texts),
+            model=self.model,
+            raw_scores=self.raw_scores,
+            long_documents="truncate",
         )
 
 
@@ -328,6 +360,9 @@ class UsageTotals(BaseModel):
     requests: int
     documents: int = Field(description="Documents scored: the billed unit.")
     tokens: int
+    windows: int = Field(
+        description="Pairs scored: one per document, one per window of a chunked document."
+    )
     cost_usd: float
 
 

@@ -36,13 +36,9 @@ from serve_app.model.backends import (
 )
 from serve_app.model.checkpoints import RANDOM_INIT_MARKER
 from serve_app.model.packing import PackingLimits, padded_batches
-from serve_app.model.tokenization import EncodedPairs
+from serve_app.model.tokenization import EncodedPairs, position_limit
 
 logger = logging.getLogger(__name__)
-
-# Model types whose position ids start after the padding id (RoBERTa's embeddings): a
-# checkpoint with N positions takes N - pad_token_id - 1 tokens.
-_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +118,7 @@ def check_checkpoint(
             backend,
         ),
         segments=has_segments(config),
-        max_length=usable_positions(config),
+        max_length=position_limit(config),
         vocab_size=config.vocab_size,
         random_weights=bool(getattr(config, RANDOM_INIT_MARKER, False)),
     )
@@ -172,14 +168,6 @@ def score_column(name: str, config: Any, score_label: str | int | None, backend:
     raise EngineStartError(
         name, backend, f"score_label {score_label!r} is none of the checkpoint's labels ({listed})"
     )
-
-
-def usable_positions(config: Any) -> int:
-    """The longest input the model's position embeddings take."""
-    positions = config.max_position_embeddings
-    if config.model_type in _OFFSET_POSITIONS:
-        positions -= (config.pad_token_id or 0) + 1
-    return positions
 
 
 def on_this_machine(source: str) -> bool:
@@ -268,6 +256,7 @@ class CrossEncoderEngine:
         self.random_weights = facts.random_weights
         self.max_length = facts.max_length
         self.segments = facts.segments
+        self.vocab_size = facts.vocab_size
         chosen = resolve_backend(self.name, backend, quantization, device)
         self.backend: Backend = load_backend(
             chosen,
@@ -338,9 +327,9 @@ class CrossEncoderEngine:
         multi-row batches. On CUDA, up to the full token budget at short, middle and full
         length, so allocator growth and kernel selection happen now. Call it on the
         thread that will run forward passes: cuBLAS and cuDNN state is per thread."""
-        # Any ids the vocabulary has will do: warm-up runs shapes, its scores are dropped.
-        word = min(1996, self.facts.vocab_size - 1)
-        head = np.array([min(101, word)] + [word] * 8 + [min(102, word)], dtype=np.int32)
+        # Any id the embedding has: what the tokens are doesn't change what runs.
+        token = min(1996, self.vocab_size - 1)
+        head = np.full(10, token, dtype=np.int32)
         widths = [32, 128, self.max_length] if self.device == "cuda" else [32, self.max_length]
         # Priced so that the packer keeps each width's rows in one batch.
         one_pass = replace(limits, batch_overhead_tokens=10**9)
@@ -351,7 +340,7 @@ class CrossEncoderEngine:
             pair_lengths = np.full(rows, width - 1, dtype=np.int32)
             pair_lengths[0] = width
             doc_lengths = pair_lengths - len(head)
-            docs = np.full(int(doc_lengths.sum()), word, dtype=np.int32)
+            docs = np.full(int(doc_lengths.sum()), token, dtype=np.int32)
             self.score([EncodedPairs(head, docs, doc_lengths)], one_pass)
 
     def describe(self) -> dict[str, Any]:

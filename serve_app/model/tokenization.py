@@ -1,10 +1,11 @@
 """Query/document pair encoding, done in the ingress (CPU) so model replicas only pad,
 copy and run the forward pass. No Ray, no HTTP.
 
-Each request's query is tokenized once, not once per document; pairs come out as
-`[CLS] query [SEP] document [SEP]`, identical to the tokenizer's own pair encoding.
-Documents lose tokens from the end to fit the model's length; the query is capped first
-(`max_query_tokens`) so a document always keeps room.
+Each request's query is tokenized once, not once per document; pairs come out with the
+special tokens where the checkpoint's own tokenizer puts them (`PairTemplate`). The query
+is capped first (`max_query_tokens`) so a document always keeps room. A document longer
+than the room left is truncated, or, chunking, cut into overlapping windows that are each
+scored with the query (`DocumentOptions`); the document scores as its best window.
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from transformers import AutoConfig, AutoTokenizer
 
-from serve_app.config import ModelDeploymentConfig
+from serve_app.config import ChunkingConfig, LongDocuments, ModelDeploymentConfig
+from serve_app.errors import InvalidRequest
 from serve_app.model.checkpoints import ensure_checkpoint
 from serve_app.observer import NullObserver, Observer
+from serve_app.types import Passage
 
 T = TypeVar("T")
 
@@ -113,22 +116,79 @@ def plain_text_backend(backend: Tokenizer) -> Tokenizer | None:
 
 
 @dataclass(frozen=True)
-class EncodedPairs:
-    """One request's pairs in compact arrays: cheap to ship to a replica."""
+class PairTemplate:
+    """Where a checkpoint's tokenizer puts its special tokens around a (query, document)
+    pair: BERT and ELECTRA `[CLS] q [SEP] d [SEP]`, XLM-RoBERTa `<s> q </s></s> d </s>`.
+    Read from the tokenizer's own pair encoding, so nothing assumes one vocabulary."""
 
-    head: np.ndarray  # int32 ids of [CLS] query [SEP]
-    doc_ids: np.ndarray  # int32 ids of every `document [SEP]`, concatenated
-    doc_lengths: np.ndarray  # int32 length of each `document [SEP]`
+    prefix: tuple[int, ...]  # before the query
+    middle: tuple[int, ...]  # between query and document
+    suffix: tuple[int, ...]  # after the document
+
+    @classmethod
+    def of(cls, backend: Tokenizer) -> PairTemplate:
+        probe = Tokenizer.from_str(backend.to_str())
+        probe.no_truncation()
+        probe.no_padding()
+        pair = probe.encode("query", "document", add_special_tokens=True)
+        sides = pair.sequence_ids
+        query = [i for i, side in enumerate(sides) if side == 0]
+        document = [i for i, side in enumerate(sides) if side == 1]
+        if not query or not document:
+            raise ValueError("the tokenizer's pair encoding has no query or no document part")
+        ids = pair.ids
+        return cls(
+            tuple(ids[: query[0]]),
+            tuple(ids[query[-1] + 1 : document[0]]),
+            tuple(ids[document[-1] + 1 :]),
+        )
+
+    @property
+    def specials(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+@dataclass(frozen=True)
+class DocumentOptions:
+    """How a request wants its documents cut. `max_tokens` (Cohere's `max_tokens_per_doc`)
+    cuts each document first; `long_documents` says what happens to what is left when it
+    is longer than the model's window: its first window only, or every window."""
+
+    long_documents: LongDocuments = "truncate"
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """One request's pairs in compact arrays: cheap to ship to a replica.
+
+    One pair per document, except that a chunked document has one pair per window;
+    `owners` then maps each pair to its document (non-decreasing) and `spans` gives each
+    window's character span in its document ((-1, -1) for a document that fit whole).
+    Replicas score pairs and never look at either."""
+
+    head: np.ndarray  # int32 ids of the query with its special tokens
+    doc_ids: np.ndarray  # int32 ids of every document part (document and suffix), concatenated
+    doc_lengths: np.ndarray  # int32 length of each document part
+    owners: np.ndarray | None = None  # int32 document of each pair; None: pair i is document i
+    spans: np.ndarray | None = None  # (pairs, 2) int32 character span of each window
 
     @classmethod
     def concat(cls, parts: list[EncodedPairs]) -> EncodedPairs:
         """Join encodings of consecutive slices of one request's documents (same query)."""
         if len(parts) == 1:
             return parts[0]
+        owners = spans = None
+        if any(p.owners is not None for p in parts):
+            firsts = np.cumsum([0] + [p.documents for p in parts[:-1]])
+            owners = np.concatenate([p.owner_of_pairs() + first for p, first in zip(parts, firsts)])
+            spans = np.concatenate([p.window_spans() for p in parts])
         return cls(
             parts[0].head,
             np.concatenate([p.doc_ids for p in parts]),
             np.concatenate([p.doc_lengths for p in parts]),
+            owners,
+            spans,
         )
 
     @property
@@ -139,29 +199,127 @@ class EncodedPairs:
     def total_tokens(self) -> int:
         return int(self.pair_lengths.sum())
 
+    @property
+    def documents(self) -> int:
+        if self.owners is None:
+            return len(self.doc_lengths)
+        return int(self.owners[-1]) + 1 if len(self.owners) else 0
+
     def __len__(self) -> int:
+        """Pairs (windows) to score."""
         return len(self.doc_lengths)
+
+    def owner_of_pairs(self) -> np.ndarray:
+        return np.arange(len(self), dtype=np.int32) if self.owners is None else self.owners
+
+    def window_spans(self) -> np.ndarray:
+        if self.spans is None:
+            return np.full((len(self), 2), -1, dtype=np.int32)
+        return self.spans
+
+    def best(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each document's score, its best window's logit, and the index of that window
+        (the first of equal ones)."""
+        if self.owners is None:
+            return logits, np.arange(len(logits))
+        # Sorted by document, then by logit, best first: each document's first entry wins.
+        order = np.lexsort((-logits, self.owners))
+        starts = np.flatnonzero(np.r_[True, self.owners[1:] != self.owners[:-1]])
+        best = order[starts]
+        return logits[best], best
+
+    def passages(self, best: np.ndarray) -> dict[int, Passage]:
+        """The chunked documents' passages: windows scored and the best one's span."""
+        if self.owners is None:
+            return {}
+        windows = np.bincount(self.owners, minlength=self.documents)
+        spans = self.window_spans()
+        return {
+            doc: Passage(int(windows[doc]), int(spans[pair, 0]), int(spans[pair, 1]))
+            for doc, pair in enumerate(best.tolist())
+            if spans[pair, 0] >= 0
+        }
+
+    def select(self, documents: Sequence[int]) -> EncodedPairs:
+        """The pairs of `documents`, in that order, without tokenizing again."""
+        owners = self.owner_of_pairs()
+        pairs = [np.flatnonzero(owners == d) for d in documents]
+        chosen = np.concatenate(pairs) if pairs else np.empty(0, dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(self.doc_lengths)[:-1]))
+        pieces = [self.doc_ids[starts[i] : starts[i] + self.doc_lengths[i]] for i in chosen]
+        doc_ids = np.concatenate(pieces) if pieces else np.empty(0, dtype=self.doc_ids.dtype)
+        if self.owners is None:
+            return EncodedPairs(self.head, doc_ids, self.doc_lengths[chosen])
+        new_owners = np.repeat(np.arange(len(pairs), dtype=np.int32), [len(p) for p in pairs])
+        return EncodedPairs(
+            self.head, doc_ids, self.doc_lengths[chosen], new_owners, self.window_spans()[chosen]
+        )
+
+
+def window_bounds(
+    word_ids: Sequence[int | None], tokens: int, room: int, overlap: int, max_windows: int
+) -> list[tuple[int, int]]:
+    """Token ranges of a document's windows: `room` tokens each, the first exactly what
+    truncation keeps, each next one starting `overlap` tokens before the previous end,
+    moved back to the first token of its word (a window never opens mid-word)."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while True:
+        end = min(start + room, tokens)
+        bounds.append((start, end))
+        if end >= tokens or len(bounds) == max_windows:
+            return bounds
+        following = max(end - overlap, start + 1)
+        while (
+            following > start + 1
+            and word_ids[following] is not None
+            and word_ids[following] == word_ids[following - 1]
+        ):
+            following -= 1
+        start = following
 
 
 class PairEncoder:
-    def __init__(self, tokenizer, max_length: int, max_query_tokens: int):
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int,
+        max_query_tokens: int,
+        chunking: ChunkingConfig = ChunkingConfig(),
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.max_query_tokens = min(max_query_tokens, max_length - 3 - MIN_DOCUMENT_TOKENS)
-        self.cls_id = tokenizer.cls_token_id
-        self.sep_id = tokenizer.sep_token_id
-        if self.cls_id is None or self.sep_id is None:
-            raise ValueError("tokenizer has no [CLS]/[SEP]: not a BERT cross-encoder")
+        self.chunking = chunking
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                "a fast (Rust) tokenizer is required: the source has no tokenizer.json"
+            )
+        self.template = PairTemplate.of(tokenizer.backend_tokenizer)
+        self._prefix = np.array(self.template.prefix, dtype=np.int32)
+        self._middle = np.array(self.template.middle, dtype=np.int32)
+        self._suffix = list(self.template.suffix)
+        # The longest a document can be: beside an empty query.
+        self.window = max_length - self.template.specials
+        self.max_query_tokens = min(max_query_tokens, self.window - MIN_DOCUMENT_TOKENS)
         self._queries = fixed_truncation_backend(tokenizer, self.max_query_tokens)
-        # The longest a document can be: beside the shortest head, [CLS] [SEP], and its [SEP].
-        self._documents = fixed_truncation_backend(tokenizer, max_length - 3)
+        # One token past the longest window tells a document that fits from a longer one.
+        self._documents = fixed_truncation_backend(tokenizer, self.window + 1)
         self._plain_documents = plain_text_backend(self._documents)
+        self._long_documents = fixed_truncation_backend(
+            tokenizer, self.window * chunking.max_chunks_per_document
+        )
 
     @classmethod
-    def from_pretrained(cls, source: str, max_query_tokens: int) -> PairEncoder:
+    def from_pretrained(
+        cls, source: str, max_query_tokens: int, chunking: ChunkingConfig = ChunkingConfig()
+    ) -> PairEncoder:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        positions = AutoConfig.from_pretrained(source).max_position_embeddings
-        return cls(tokenizer, min(tokenizer.model_max_length, positions), max_query_tokens)
+        return cls(
+            tokenizer,
+            min(tokenizer.model_max_length, position_limit(AutoConfig.from_pretrained(source))),
+            max_query_tokens,
+            chunking,
+        )
 
     @staticmethod
     def fingerprint(source: str, max_query_tokens: int) -> str:
@@ -173,36 +331,85 @@ class PairEncoder:
             vocab = hashlib.sha256(path.read_bytes()).hexdigest()
         else:  # a hub id: its name stands for its files
             vocab = source
-        return f"{vocab}:{config.max_position_embeddings}:{max_query_tokens}"
+        return f"{vocab}:{position_limit(config)}:{max_query_tokens}"
 
-    def encode(self, query: str, documents: list[str]) -> EncodedPairs:
-        return self.encode_documents(self.head(query), documents)
+    def encode(
+        self, query: str, documents: list[str], options: DocumentOptions = DocumentOptions()
+    ) -> EncodedPairs:
+        return self.encode_documents(self.head(query), documents, options)
 
     def head(self, query: str) -> np.ndarray:
-        """`[CLS] query [SEP]` ids, the query cut at `max_query_tokens`. Encode it once per
-        request: a long query costs milliseconds however few tokens it keeps."""
+        """The query's ids with its special tokens, cut at `max_query_tokens`. Encode it
+        once per request: a long query costs milliseconds however few tokens it keeps."""
         q_ids = self._queries.encode(query, add_special_tokens=False).ids
-        return np.array([self.cls_id, *q_ids, self.sep_id], dtype=np.int32)
+        return np.concatenate([self._prefix, np.array(q_ids, dtype=np.int32), self._middle])
 
-    def encode_documents(self, head: np.ndarray, documents: list[str]) -> EncodedPairs:
-        """Pairs of `head` (from `head()`) with each document, cut to the room it leaves."""
-        room = self.max_length - len(head) - 1
-        docs = [ids[:room] for ids in self._document_ids(documents)]  # fresh: safe to append to
-        for d in docs:
-            d.append(self.sep_id)
+    def encode_documents(
+        self, head: np.ndarray, documents: list[str], options: DocumentOptions = DocumentOptions()
+    ) -> EncodedPairs:
+        """Pairs of `head` (from `head()`) with each document: cut to the room it leaves,
+        or, chunking, one pair per window of a document longer than that."""
+        room = self.max_length - len(head) - len(self._suffix)
+        cut = room if options.max_tokens is None else min(room, options.max_tokens)
+        ids = self._document_ids(documents)
+        long = (
+            []
+            if options.long_documents == "truncate" or cut < room
+            else [i for i, d in enumerate(ids) if len(d) > room]
+        )
+        if not long:
+            return self._pairs(head, [d[:cut] for d in ids])
+        windows: list[list[int]] = []
+        owners: list[int] = []
+        spans: list[tuple[int, int]] = []
+        chunked = dict(zip(long, self._windows(documents, long, room, options.max_tokens)))
+        for doc, doc_ids in enumerate(ids):
+            pieces = chunked.get(doc) or [(doc_ids[:cut], (-1, -1))]
+            for piece, span in pieces:
+                windows.append(piece)
+                owners.append(doc)
+                spans.append(span)
+        pairs = self._pairs(head, windows)
+        return replace(
+            pairs,
+            owners=np.array(owners, dtype=np.int32),
+            spans=np.array(spans, dtype=np.int32).reshape(-1, 2),
+        )
+
+    def _pairs(self, head: np.ndarray, documents: list[list[int]]) -> EncodedPairs:
+        docs = [d + self._suffix for d in documents]
         lengths = np.fromiter(map(len, docs), dtype=np.int32, count=len(docs))
         flat = np.fromiter(chain.from_iterable(docs), dtype=np.int32, count=int(lengths.sum()))
         return EncodedPairs(head, flat, lengths)
 
+    def _windows(
+        self, documents: list[str], long: list[int], room: int, max_tokens: int | None
+    ) -> list[list[tuple[list[int], tuple[int, int]]]]:
+        """Each long document's windows with their character spans. Tokenized again with
+        offsets and word ids, up to as many tokens as its windows can cover."""
+        chunking = self.chunking
+        limit = self.window * chunking.max_chunks_per_document
+        encoded = encode_windows(
+            self._long_documents, [documents[i] for i in long], limit, offsets=True
+        )
+        out = []
+        for e in encoded:
+            tokens = len(e.ids) if max_tokens is None else min(len(e.ids), max_tokens)
+            bounds = window_bounds(
+                e.word_ids, tokens, room, chunking.overlap_tokens, chunking.max_chunks_per_document
+            )
+            out.append([(e.ids[a:b], (e.offsets[a][0], e.offsets[b - 1][1])) for a, b in bounds])
+        return out
+
     def _document_ids(self, documents: list[str]) -> list[list[int]]:
-        """Each document's ids (cut at the longest a document can be), plain-text documents
-        on the cheaper backend; order kept."""
+        """Each document's ids (cut one past the longest a document can be), plain-text
+        documents on the cheaper backend; order kept."""
         groups: dict[Tokenizer, list[int]] = {}
         for i, doc in enumerate(documents):
             plain = self._plain_documents is not None and _NOT_PLAIN.search(doc) is None
             groups.setdefault(self._plain_documents if plain else self._documents, []).append(i)
         ids: list[list[int]] = [[]] * len(documents)
-        window = self.max_length - 3  # both backends truncate there
+        window = self.window + 1  # both backends truncate there
         for backend, indices in groups.items():
             # Without character offsets (`_fast`), which nothing here reads; long documents
             # cut to their first window first (a 1 MB text need not be tokenized whole).
@@ -210,6 +417,15 @@ class PairEncoder:
             for i, e in zip(indices, encoded):
                 ids[i] = e.ids
         return ids
+
+
+def position_limit(config) -> int:
+    """Positions the model can take. RoBERTa-family models number positions from
+    `pad_token_id + 1`, so two of their 514 position embeddings are never usable."""
+    positions = config.max_position_embeddings
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
 
 
 def pair_ids(pairs: EncodedPairs) -> list[list[int]]:
@@ -232,16 +448,25 @@ class PairEncoders:
     """
 
     def __init__(
-        self, encoders: Mapping[str, PairEncoder], threads: int, observer: Observer = NullObserver()
+        self,
+        encoders: Mapping[str, PairEncoder],
+        threads: int,
+        observer: Observer = NullObserver(),
+        max_windows: int | None = None,
     ):
         self.encoders = dict(encoders)
         self.observer = observer
+        self.max_windows = max_windows  # per request; None: unbounded
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="tok")
 
     @classmethod
     def load(
-        cls, models: list[ModelDeploymentConfig], threads: int, observer: Observer = NullObserver()
+        cls,
+        models: list[ModelDeploymentConfig],
+        threads: int,
+        chunking: ChunkingConfig = ChunkingConfig(),
+        observer: Observer = NullObserver(),
     ) -> PairEncoders:
         distinct: dict[str, PairEncoder] = {}
         encoders = {}
@@ -249,14 +474,11 @@ class PairEncoders:
             source = ensure_checkpoint(model)
             key = PairEncoder.fingerprint(source, model.max_query_tokens)
             if key not in distinct:
-                distinct[key] = PairEncoder.from_pretrained(source, model.max_query_tokens)
+                distinct[key] = PairEncoder.from_pretrained(
+                    source, model.max_query_tokens, chunking
+                )
             encoders[model.name] = distinct[key]
-        return cls(encoders, threads, observer)
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on the tokenizer threads: other tokenizer work (Cohere's
-        `max_tokens_per_doc` cut) shares their bound rather than a pool of its own."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        return cls(encoders, threads, observer, chunking.max_chunks_per_request)
 
     def same_encoding(self, a: str, b: str) -> bool:
         """Whether pairs encoded for model `a` are exactly what model `b` would get."""
@@ -267,10 +489,12 @@ class PairEncoders:
         model: str,
         query: str,
         texts: list[str],
+        options: DocumentOptions = DocumentOptions(),
         reuse: tuple[str, EncodedPairs] | None = None,
     ) -> EncodedPairs:
-        """`model`'s pairs; `reuse`: pairs already encoded for another model, returned
-        as they are when that model's encoding is the same."""
+        """`model`'s pairs; `reuse`: pairs already encoded (with the same `options`) for
+        another model, returned as they are when that model's encoding is the same.
+        Raises `InvalidRequest` when chunking makes more windows than a request may have."""
         if reuse is not None and self.same_encoding(reuse[0], model):
             return reuse[1]
         # The query once, then even slices of the documents in parallel (100 are 4 x 25).
@@ -281,9 +505,19 @@ class PairEncoders:
         size = max(1, -(-len(texts) // slices))
         parts = await asyncio.gather(
             *(
-                loop.run_in_executor(self.pool, encoder.encode_documents, head, texts[i : i + size])
+                loop.run_in_executor(
+                    self.pool, encoder.encode_documents, head, texts[i : i + size], options
+                )
                 for i in range(0, len(texts), size) or [0]
             )
         )
         self.observer.tokenized(model, time.perf_counter() - started)
-        return EncodedPairs.concat(list(parts))
+        pairs = EncodedPairs.concat(list(parts))
+        if self.max_windows is not None and len(pairs) > self.max_windows:
+            raise InvalidRequest(
+                f"long documents make {len(pairs)} windows, over the limit of "
+                f"{self.max_windows} per request (chunking.max_chunks_per_request); send "
+                'fewer or shorter documents, or `"long_documents": "truncate"`',
+                "documents",
+            )
+        return pairs

@@ -7,18 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
-from serve_app.model.tokenization import EncodedPairs
 from serve_app.routing.ranking import top_indices
-
-
-def select_pairs(pairs: EncodedPairs, indices: Sequence[int]) -> EncodedPairs:
-    """The pairs of `indices`, in that order, without tokenizing again."""
-    starts = np.concatenate(([0], np.cumsum(pairs.doc_lengths)[:-1]))
-    pieces = [pairs.doc_ids[starts[i] : starts[i] + pairs.doc_lengths[i]] for i in indices]
-    doc_ids = np.concatenate(pieces) if pieces else np.empty(0, dtype=pairs.doc_ids.dtype)
-    return EncodedPairs(pairs.head, doc_ids, pairs.doc_lengths[list(indices)])
 
 
 def merge(

@@ -19,11 +19,11 @@ import numpy as np
 from serve_app.catalog import Catalog
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidRequest, Overloaded
-from serve_app.model.tokenization import EncodedPairs, PairEncoders
+from serve_app.model.tokenization import DocumentOptions, EncodedPairs, PairEncoders
 from serve_app.observer import NullObserver, Observer
 from serve_app.routing.admission import Admission, drain_seconds
 from serve_app.routing.budget import BudgetPolicy
-from serve_app.routing.cascade import merge, select_pairs
+from serve_app.routing.cascade import merge
 from serve_app.routing.loads import LoadBoard
 from serve_app.routing.names import ModelNames
 from serve_app.routing.ranking import rank, scored, top_indices
@@ -79,6 +79,7 @@ class Router:
         routing = config.routing
         self.default_budget = routing.default_budget.as_budget()
         self.cascade_defaults = routing.cascade
+        self.long_documents = config.chunking.long_documents
         self.splitter = TrafficSplitter((s.source, s.target, s.fraction) for s in routing.splits)
         self.shadow = routing.shadow
         self.shadow_sampler = FractionSampler(routing.shadow.fraction) if routing.shadow else None
@@ -105,10 +106,8 @@ class Router:
         self.admission.check([model])
         return self.board.admitted_request(model)
 
-    async def rerank(
-        self, request: RerankRequest, texts: list[str], arrived: float | None = None
-    ) -> RerankResult:
-        """Score `texts` (the request's documents, as cut for scoring) for `request`.
+    async def rerank(self, request: RerankRequest, arrived: float | None = None) -> RerankResult:
+        """Score the request's documents.
         `arrived`: the clock (`time.perf_counter()`) when the request reached the ingress;
         time spent since then counts against a latency budget. None: now."""
         requested = (request.model or "").strip().lower()
@@ -118,10 +117,16 @@ class Router:
                 raise InvalidRequest(
                     'give `"model": "cascade"` or no model with a `cascade` object', "cascade"
                 )
-            return await self._cascade(request, texts, arrived)
+            return await self._cascade(request, arrived)
         if requested == AUTO or (not requested and not request.budget.is_empty):
-            return await self._auto(request, texts, arrived)
-        return await self._named(request, texts, arrived)
+            return await self._auto(request, arrived)
+        return await self._named(request, arrived)
+
+    def options(self, request: RerankRequest) -> DocumentOptions:
+        """How this request's documents are cut: its own choice, else the configured one."""
+        return DocumentOptions(
+            request.long_documents or self.long_documents, request.max_tokens_per_doc
+        )
 
     def documents_to_score(self, request: RerankRequest) -> int:
         """Pairs this request will have scored, which quotas count: a cascade's first
@@ -135,24 +140,24 @@ class Router:
 
     # -- the three routes -------------------------------------------------------------
 
-    async def _named(
-        self, request: RerankRequest, texts: list[str], arrived: float
-    ) -> RerankResult:
+    async def _named(self, request: RerankRequest, arrived: float) -> RerankResult:
         named = self.names.resolve(request.model)
-        pairs = await self.encoders.encode(named.model, request.query, texts)
+        pairs = await self.encoders.encode(
+            named.model, request.query, request.texts, self.options(request)
+        )
         predicted = total_ms(
             self._spent_ms(arrived),
             self.policy.predict(named.model, pairs.total_tokens, self.board.loads()),
         )
         routing = Routing(named.policy, rounded(predicted), budget_met(predicted, request.budget))
-        return await self._single(named.model, pairs, request, texts, routing)
+        return await self._single(named.model, pairs, request, routing)
 
-    async def _auto(self, request: RerankRequest, texts: list[str], arrived: float) -> RerankResult:
+    async def _auto(self, request: RerankRequest, arrived: float) -> RerankResult:
         budget = self.default_budget if request.budget.is_empty else request.budget
         candidates = self.policy.eligible(budget)
         # One tokenization serves the decision and, with a shared vocabulary, the model.
-        probe = candidates[0]
-        pairs = await self.encoders.encode(probe, request.query, texts)
+        probe, options = candidates[0], self.options(request)
+        pairs = await self.encoders.encode(probe, request.query, request.texts, options)
         loads = self.board.loads()
         spent = self._spent_ms(arrived)
         full = self.admission.full_models(candidates)  # admitted: not all of them
@@ -162,32 +167,33 @@ class Router:
         if diverted is not None:
             model, policy = diverted, "split"
             predicted = total_ms(spent, self.policy.predict(model, pairs.total_tokens, loads))
-        pairs = await self.encoders.encode(model, request.query, texts, reuse=(probe, pairs))
+        pairs = await self.encoders.encode(
+            model, request.query, request.texts, options, reuse=(probe, pairs)
+        )
         routing = Routing(policy, rounded(predicted), budget_met(predicted, budget))
-        return await self._single(model, pairs, request, texts, routing)
+        return await self._single(model, pairs, request, routing)
 
     async def _single(
         self,
         model: str,
         pairs: EncodedPairs,
         request: RerankRequest,
-        texts: list[str],
         routing: Routing,
     ) -> RerankResult:
-        logits = await self._score(model, pairs)
-        self._maybe_shadow(model, pairs, logits, request.query, texts)
+        logits, best = pairs.best(await self._score(model, pairs))
+        self._maybe_shadow(model, logits, request)
         return RerankResult(
             model=model,
             served_by=model,
             ranked=rank(logits.tolist(), request.top_n, request.raw_scores),
-            scored=[(model, len(pairs))],
+            scored=[(model, pairs.documents)],
             total_tokens=pairs.total_tokens,
             routing=routing,
+            windows=len(pairs),
+            passages=pairs.passages(best),
         )
 
-    async def _cascade(
-        self, request: RerankRequest, texts: list[str], arrived: float
-    ) -> RerankResult:
+    async def _cascade(self, request: RerankRequest, arrived: float) -> RerankResult:
         spec, defaults = request.cascade, self.cascade_defaults
         first = self.names.resolve(
             spec.first if spec and spec.first else defaults.first, "cascade.first"
@@ -196,33 +202,44 @@ class Router:
             spec.second if spec and spec.second else defaults.second, "cascade.second"
         ).model
         keep = spec.keep if spec and spec.keep else defaults.keep
-        pairs = await self.encoders.encode(first, request.query, texts)
-        keep = min(keep, len(pairs))
+        options = self.options(request)
+        texts = request.texts
+        pairs = await self.encoders.encode(first, request.query, texts, options)
+        keep = min(keep, pairs.documents)
         loads = self.board.loads()
         # Estimated: which documents the first stage keeps is not known yet.
-        second_tokens = pairs.total_tokens * keep // len(pairs)
+        second_tokens = pairs.total_tokens * keep // max(1, pairs.documents)
         predicted = total_ms(
             self._spent_ms(arrived),
             self.policy.predict(first, pairs.total_tokens, loads),
             self.policy.predict(second, second_tokens, loads),
         )
-        first_logits = (await self._score(first, pairs)).tolist()
-        kept = top_indices(first_logits, keep)
+        first_logits, first_best = pairs.best(await self._score(first, pairs))
+        kept = top_indices(first_logits.tolist(), keep)
         second_pairs = await self.encoders.encode(
             second,
             request.query,
             [texts[i] for i in kept],
-            reuse=(first, select_pairs(pairs, kept)),
+            options,
+            reuse=(first, pairs.select(kept)),
         )
-        second_logits = (await self._score(second, second_pairs)).tolist()
+        second_logits, second_best = second_pairs.best(await self._score(second, second_pairs))
+        # A kept document's passage is the one the second model scored it by.
+        passages = pairs.passages(first_best)
+        for position, passage in second_pairs.passages(second_best).items():
+            passages[kept[position]] = passage
         return RerankResult(
             model=CASCADE,
             served_by=f"{first},{second}",
             ranked=scored(
-                merge(first_logits, kept, second_logits), request.top_n, request.raw_scores
+                merge(first_logits.tolist(), kept, second_logits.tolist()),
+                request.top_n,
+                request.raw_scores,
             ),
-            scored=[(first, len(pairs)), (second, len(second_pairs))],
+            scored=[(first, pairs.documents), (second, second_pairs.documents)],
             total_tokens=pairs.total_tokens + second_pairs.total_tokens,
+            windows=len(pairs) + len(second_pairs),
+            passages=passages,
             routing=Routing(
                 CASCADE, rounded(predicted), budget_met(predicted, request.budget), [first, second]
             ),
@@ -247,9 +264,7 @@ class Router:
 
     # -- shadow scoring ---------------------------------------------------------------
 
-    def _maybe_shadow(
-        self, served: str, pairs: EncodedPairs, logits: np.ndarray, query: str, texts: list[str]
-    ) -> None:
+    def _maybe_shadow(self, served: str, logits: np.ndarray, request: RerankRequest) -> None:
         shadow = self.shadow
         if shadow is None or shadow.model == served:
             return
@@ -257,22 +272,21 @@ class Router:
             return
         if not self.shadow_sampler():
             return
-        task = asyncio.get_running_loop().create_task(
-            self._shadow_score(served, pairs, logits, query, texts)
-        )
+        task = asyncio.get_running_loop().create_task(self._shadow_score(served, logits, request))
         # Keep a reference until it finishes: the response never waits for it.
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _shadow_score(
-        self, served: str, pairs: EncodedPairs, logits: np.ndarray, query: str, texts: list[str]
-    ) -> None:
+    async def _shadow_score(self, served: str, logits: np.ndarray, request: RerankRequest) -> None:
+        """`logits`: the served model's document scores."""
         model = self.shadow.model
         primary = self.shadow.against or "any"
         try:
-            # The texts the served model scored (after any `max_tokens_per_doc` cut).
-            pairs = await self.encoders.encode(model, query, texts, reuse=(served, pairs))
-            shadow_logits = await self._score(model, pairs)
+            # Cut as the served model's were (`max_tokens_per_doc`, chunking).
+            pairs = await self.encoders.encode(
+                model, request.query, request.texts, self.options(request)
+            )
+            shadow_logits, _ = pairs.best(await self._score(model, pairs))
             # Kendall tau is O(n^2): computed off the event loop, recorded on it.
             overlap, tau = await asyncio.to_thread(agreement, logits, shadow_logits)
         except Exception:

@@ -80,7 +80,9 @@ def build_frontend(
         metrics,
     )
     board = LoadBoard(config.enabled_models)
-    encoders = PairEncoders.load(config.models, config.ingress.tokenizer_threads, metrics)
+    encoders = PairEncoders.load(
+        config.models, config.ingress.tokenizer_threads, config.chunking, metrics
+    )
     router = Router(config, catalog, encoders, models.score, board, metrics)
     service = RerankService(config, catalog, router, models, LedgerClient(ledger), metrics)
     poller = StatsPoller(

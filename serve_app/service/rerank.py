@@ -1,6 +1,6 @@
 """The rerank service: the pipeline every request goes through, whatever route it came in
 on. Limits, capacity admission (the router's, from the load board), quota admission,
-Cohere's per-document truncation, routing and scoring (the router), then billing, which
+routing, tokenizing and scoring (the router), then billing, which
 happens before the answer: a request the ledger has not counted is not served.
 Also the read-only views: usage, models, readiness, routing.
 
@@ -22,7 +22,6 @@ from serve_app.service.limits import check_limits
 from serve_app.service.ports import Ledger, ModelBackend
 from serve_app.service.quotas import never_admitted
 from serve_app.service.readiness import ReadinessCache
-from serve_app.service.truncation import DocumentTruncator
 from serve_app.service.usage import RecordBatcher, UsageQuery, UsageRecord
 from serve_app.types import ModelStatus, RerankRequest, RerankResult
 
@@ -46,7 +45,6 @@ class RerankService:
         self.ledger = ledger
         self.observer = observer
         self.recorder = RecordBatcher(ledger.record)
-        self.truncator = DocumentTruncator()
         self.deployments = {m.name: m.short_name for m in config.models}
         self.readiness = ReadinessCache(self._not_ready_now)
 
@@ -61,13 +59,7 @@ class RerankService:
         # tokenization and truncation only for a request that will be scored.
         with self.router.admit(request):
             await self._admit(caller, self.router.documents_to_score(request))
-            texts = request.texts
-            if request.max_tokens_per_doc is not None:
-                # On the tokenizer threads: bounded, like all tokenization in this process.
-                texts = await self.router.encoders.run(
-                    self.truncator.truncate, texts, request.max_tokens_per_doc
-                )
-            result = await self.router.rerank(request, texts, arrived)
+            result = await self.router.rerank(request, arrived)
         await self.recorder.record(
             UsageRecord(
                 request_id=result.id,
@@ -75,6 +67,7 @@ class RerankService:
                 model=result.model,
                 documents=result.documents,
                 tokens=result.total_tokens,
+                windows=result.windows,
                 charges=tuple((n, self.config.pricing.price(m)) for m, n in result.scored),
             )
         )

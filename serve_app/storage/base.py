@@ -34,6 +34,7 @@ class UsageRecord:
     charges: tuple[tuple[int, float], ...]
     # Unix time the request was served; a retried record keeps its first time.
     served_at: float = field(default_factory=time.time)
+    windows: int = 0  # pairs scored: a chunked document counts each window
 
     @property
     def cost_usd(self) -> Decimal:
@@ -69,12 +70,14 @@ class Totals:
     requests: int = 0
     documents: int = 0
     tokens: int = 0
+    windows: int = 0
     cost_nano_usd: int = 0
 
     def add(self, other: Totals) -> None:
         self.requests += other.requests
         self.documents += other.documents
         self.tokens += other.tokens
+        self.windows += other.windows
         self.cost_nano_usd += other.cost_nano_usd
 
     def as_dict(self) -> dict:
@@ -82,12 +85,14 @@ class Totals:
             "requests": self.requests,
             "documents": self.documents,
             "tokens": self.tokens,
+            "windows": self.windows,
             "cost_usd": float(Decimal(self.cost_nano_usd) / NANO),
         }
 
 
-# One aggregate row from SQL: (period or "", model, requests, documents, tokens, cost).
-AggregateRow = tuple[str, str, int, int, int, int]
+# One aggregate row from SQL: (period or "", model, requests, documents, tokens, windows,
+# cost).
+AggregateRow = tuple[str, str, int, int, int, int, int]
 
 
 def usage_report(key_id: str, query: UsageQuery, rows: Sequence[AggregateRow]) -> dict:

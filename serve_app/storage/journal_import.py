@@ -35,6 +35,7 @@ def parse_line(line: str, served_at: float) -> UsageRecord:
         data["charges"] = [[data["documents"], data.pop("usd_per_1k_documents")]]
     charges = tuple((int(n), float(p)) for n, p in data.pop("charges"))
     served_at = float(data.pop("served_at", served_at))
+    data.setdefault("windows", data["documents"])  # journals predate chunking: one pair each
     return UsageRecord(**data, charges=charges, served_at=served_at)
 
 

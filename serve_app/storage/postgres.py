@@ -29,10 +29,10 @@ from serve_app.storage.base import (
 
 _INSERT = """
 INSERT INTO usage_records
-    (request_id, key_id, model, documents, tokens, cost_nano_usd, charges, served_at)
-SELECT r, k, m, d, t, c, ch::jsonb, to_timestamp(s)
+    (request_id, key_id, model, documents, tokens, windows, cost_nano_usd, charges, served_at)
+SELECT r, k, m, d, t, w, c, ch::jsonb, to_timestamp(s)
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::int8[], %s::int8[], %s::int8[],
-            %s::text[], %s::float8[]) AS u(r, k, m, d, t, c, ch, s)
+            %s::int8[], %s::text[], %s::float8[]) AS u(r, k, m, d, t, w, c, ch, s)
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id
 """
@@ -72,6 +72,7 @@ class PostgresUsageStore(UsageStore):
             [r.model for r in records],
             [r.documents for r in records],
             [r.tokens for r in records],
+            [r.windows for r in records],
             [r.cost_nano_usd for r in records],
             [r.charges_json() for r in records],
             [r.served_at for r in records],
@@ -93,7 +94,7 @@ class PostgresUsageStore(UsageStore):
         start, until = query.bounds()
         sql = (
             f"SELECT {_PERIOD[query.group_by]} AS period, model, count(*), sum(documents),"
-            " sum(tokens), sum(cost_nano_usd) FROM usage_records WHERE key_id = %s"
+            " sum(tokens), sum(windows), sum(cost_nano_usd) FROM usage_records WHERE key_id = %s"
             " AND (%s::timestamptz IS NULL OR served_at >= %s)"
             " AND (%s::timestamptz IS NULL OR served_at < %s)"
             " GROUP BY period, model"

@@ -25,8 +25,9 @@ from serve_app.storage.base import (
 )
 
 _INSERT = (
-    "INSERT INTO usage_records (request_id, key_id, model, documents, tokens, cost_nano_usd,"
-    " charges, served_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
+    "INSERT INTO usage_records (request_id, key_id, model, documents, tokens, windows,"
+    " cost_nano_usd, charges, served_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (request_id) DO NOTHING"
 )
 _PERIOD = {
     None: "''",
@@ -91,6 +92,7 @@ class SqliteUsageStore(UsageStore):
                         r.model,
                         r.documents,
                         r.tokens,
+                        r.windows,
                         r.cost_nano_usd,
                         r.charges_json(),
                         r.served_at,
@@ -107,7 +109,7 @@ class SqliteUsageStore(UsageStore):
         start, until = query.bounds()
         sql = (
             f"SELECT {_PERIOD[query.group_by]} AS period, model, count(*), sum(documents),"
-            " sum(tokens), sum(cost_nano_usd) FROM usage_records WHERE key_id = ?"
+            " sum(tokens), sum(windows), sum(cost_nano_usd) FROM usage_records WHERE key_id = ?"
             " AND (? IS NULL OR served_at >= ?) AND (? IS NULL OR served_at < ?)"
             " GROUP BY period, model"
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import tracemalloc
 from typing import Any
 
@@ -284,22 +283,3 @@ async def test_a_cascade_is_admitted_for_what_it_scores(checkpoint_root):
     assert cascade.status_code == 422, cascade.text
     assert cascade.json()["error"]["message"].startswith("documents: 9 documents exceed")
     assert plain.status_code == 200
-
-
-@pytest.mark.anyio
-async def test_max_tokens_per_doc_is_cut_on_the_tokenizer_threads(checkpoint_root):
-    app, service, _ = build(checkpoint_root)
-    threads: list[str] = []
-    cut = service.truncator.truncate
-
-    def spy(texts, max_tokens):
-        threads.append(threading.current_thread().name)
-        return cut(texts, max_tokens)
-
-    service.truncator.truncate = spy
-    async with client(app) as c:
-        got = await c.post(
-            "/v2/rerank", json={**BODY, "max_tokens_per_doc": 1}, headers=auth("alice")
-        )
-    assert got.status_code == 200
-    assert len(threads) == 1 and threads[0].startswith("tok")  # the bounded pool's threads

@@ -74,7 +74,9 @@ def service_parts(checkpoint_root, tmp_path):
     return build_parts(checkpoint_root, tmp_path / "usage.db")
 
 
-def build_parts(checkpoint_root, usage_db, ledger: LocalLedger | None = None):
+def build_parts(
+    checkpoint_root, usage_db, ledger: LocalLedger | None = None, chunking: dict | None = None
+):
     """The app over the demo's kind of store, a SQLite file (or `ledger`, when given)."""
     config = AppConfig.model_validate(
         {
@@ -93,10 +95,11 @@ def build_parts(checkpoint_root, usage_db, ledger: LocalLedger | None = None):
             },
             "limits": {"max_documents_per_request": 5},
             "usage": {"sqlite_path": str(usage_db)},
+            "chunking": chunking or {},
         }
     )
     catalog, models, observer = load_catalog(), FakeModels(config.enabled_models), Recorder()
-    encoders = PairEncoders.load(config.models, threads=2)
+    encoders = PairEncoders.load(config.models, threads=2, chunking=config.chunking)
     router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
     ledger = ledger if ledger is not None else LocalLedger(config.usage)
     service = RerankService(config, catalog, router, models, ledger, observer)
@@ -367,13 +370,22 @@ async def test_usage_by_day_month_and_model_within_dates(service_parts):
             "requests": 2,
             "documents": 6,
             "tokens": by_day["tokens"],
+            "windows": 6,
             "cost_usd": 0.000048,
         }
     ]
     assert [g["group"] for g in by_model["groups"]] == [L12, TINY]
     assert [g["group"] for g in by_month["groups"]] == [today[:7]]
     assert before["requests"] == 0 and before["models"] == {}
-    assert set(plain) == {"key_id", "requests", "documents", "tokens", "cost_usd", "models"}
+    assert set(plain) == {
+        "key_id",
+        "requests",
+        "documents",
+        "tokens",
+        "windows",
+        "cost_usd",
+        "models",
+    }
 
 
 @pytest.mark.anyio

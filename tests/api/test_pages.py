@@ -69,10 +69,11 @@ def serve(checkpoint_root: Path, keyed: bool) -> Iterator[Served]:
             if keyed
             else {"enabled": False},
             "limits": {"max_documents_per_request": MAX_DOCUMENTS},
+            "chunking": {"long_documents": "chunk"},  # as the shipped configs
         }
     )
     catalog, models = load_catalog(), FakeModels(config.enabled_models)
-    encoders = PairEncoders.load(config.models, threads=1)
+    encoders = PairEncoders.load(config.models, threads=1, chunking=config.chunking)
     router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
     service = RerankService(
         config,
@@ -236,6 +237,31 @@ def test_the_playground_ranks_as_the_api_does_with_a_key(open_page, keyed, scree
     expect()(page.locator("#cost")).to_contain_text("for this key so far", timeout=WAIT_MS)
     assert page.evaluate("sessionStorage.getItem('rerank-api-key')") == KEY
     page.screenshot(path=screenshots / "playground.png", full_page=True)
+
+
+def test_a_chunked_documents_best_passage_is_marked(open_page, keyless, screenshots):
+    # Emoji (outside the BMP) before the passage: the span counts code points.
+    long_doc = "🦦 " + " ".join(f"otters{i % 50} swim" for i in range(1500))
+    documents = ["a short one", long_doc]
+    page = open_page(keyless, "/")
+    fill_request(page, documents, MODELS[0])
+    page.get_by_role("button", name="Rerank").click()
+    expect()(page.locator("#ranking > li")).to_have_count(2, timeout=WAIT_MS)
+    answer = keyless.api(
+        "POST",
+        "/v1/rerank",
+        json={"query": "which document is the longest", "documents": documents, "model": MODELS[0]},
+    ).json()
+    chunked = next(r for r in answer["results"] if r["index"] == 1)
+    span = chunked["span"]
+    item = page.locator("#ranking > li").filter(has_text="#1")
+    assert item.locator("mark").inner_text() == long_doc[span["start"] : span["end"]]
+    assert item.locator(".chunks").inner_text() == f"best of {chunked['chunks']} windows"
+    assert item.locator(".text").inner_text() == long_doc  # the whole text, one part marked
+    assert page.locator("#ranking mark").count() == 1  # the short document has none
+    assert page.locator("#usage").inner_text().endswith(f"{1 + chunked['chunks']} windows")
+    item.locator("mark").scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "playground-chunked.png")
 
 
 def test_each_refusal_is_shown_as_the_apis_message(open_page, keyed, screenshots):

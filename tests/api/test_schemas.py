@@ -27,6 +27,7 @@ RESULT = RerankResult(
     scored=[(L6, 3)],
     total_tokens=30,
     routing=Routing("named"),
+    windows=3,
     id="rerank-1",
 )
 TEXTS = ["a", "b", "c"]
@@ -59,7 +60,7 @@ def test_cohere_v2_body_translates_and_returns_no_documents_by_default():
         {"index": 0, "relevance_score": 0.5},
     ]
     assert response["meta"] == {"billed_units": {"search_units": 1}}
-    assert response["usage"] == {"documents": 3, "total_tokens": 30}
+    assert response["usage"] == {"documents": 3, "total_tokens": 30, "windows": 3}
 
 
 def test_jina_shape_returns_document_text():

@@ -12,7 +12,7 @@ import torch
 
 from serve_app.catalog import load_catalog
 from serve_app.model.checkpoints import RANDOM_INIT_MARKER, write_random_checkpoint
-from serve_app.model.engine import CheckpointFacts, CrossEncoderEngine
+from serve_app.model.engine import CrossEncoderEngine
 from serve_app.model.packing import PackingLimits
 from serve_app.model.tokenization import PairEncoder, pair_ids
 from tests.conftest import ALL_MODELS, checkpoint_path
@@ -126,8 +126,10 @@ def test_long_pairs_truncate_the_document_not_error(engine, encoder):
     assert pairs.pair_lengths[0] == 512
     (ids, _) = pair_ids(pairs)
     why = encoder.tokenizer.convert_tokens_to_ids("why")
-    assert ids[: 2 + encoder.max_query_tokens] == [encoder.cls_id] + [why] * 64 + [encoder.sep_id]
-    assert ids[-1] == encoder.sep_id
+    assert ids[: 2 + encoder.max_query_tokens] == [encoder.tokenizer.cls_token_id] + [why] * 64 + [
+        encoder.tokenizer.sep_token_id
+    ]
+    assert ids[-1] == encoder.tokenizer.sep_token_id
     assert np.isfinite(engine.score([pairs])[0]).all()
 
 
@@ -231,7 +233,7 @@ class RecordingBackend:
 def engine_on(backend, device: str = "cpu", max_length: int = 512) -> CrossEncoderEngine:
     engine = CrossEncoderEngine.__new__(CrossEncoderEngine)
     engine.backend, engine.device, engine.max_length = backend, device, max_length
-    engine.facts = CheckpointFacts("bert", 1, 0, True, max_length, 30522, True)
+    engine.vocab_size = 30522
     return engine
 
 
@@ -255,7 +257,7 @@ def test_every_row_the_engine_runs_is_exactly_one_pairs_ids(encoder):
             assert all((row[n:] == 0).all() for row, n in zip(ids, lengths))
             rows += [tuple(row[:n].tolist()) for row, n in zip(ids, lengths)]
             segment_one = [row[h : n - 1] for row, h, n in zip(ids.tolist(), heads, lengths)]
-            assert all(encoder.sep_id not in seg for seg in segment_one if seg)
+            assert all(encoder.tokenizer.sep_token_id not in seg for seg in segment_one if seg)
         assert sorted(rows) == expected
         for r, out in zip(requests, logits):
             assert out.tolist() == [float(sum(ids)) for ids in pair_ids(r)]

@@ -10,12 +10,13 @@ from transformers import AutoTokenizer
 from serve_app.model.checkpoints import tokenizer_dir
 from serve_app.model.tokenization import (
     WINDOW_CHARS_PER_TOKEN,
+    DocumentOptions,
     PairEncoder,
     encode_windows,
     fixed_truncation_backend,
+    pair_ids,
     plain_text_backend,
 )
-from serve_app.service.truncation import DocumentTruncator
 
 
 def texts() -> list[str]:
@@ -33,16 +34,23 @@ def test_window_encoding_equals_whole_encoding():
     for b in (backend, plain_text_backend(backend)):
         whole = [e.ids for e in b.encode_batch_fast(sample, add_special_tokens=False)]
         assert [e.ids for e in encode_windows(b, sample, 509)] == whole
-    # The truncator against the offsets of each whole text (a backend that never cuts).
+
+
+def test_max_tokens_per_doc_keeps_each_documents_first_tokens():
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
+    encoder = PairEncoder(tokenizer, 512, 64)
+    sample = texts()[:20] + ["Paris is the capital of France.", "short", ""]
     uncut = fixed_truncation_backend(tokenizer, 10**9)
-    spans = [e.offsets for e in uncut.encode_batch(sample, add_special_tokens=False)]
-    truncator = DocumentTruncator()
-    for max_tokens in (1, 7, 300):
-        expected = [
-            text[: s[max_tokens - 1][1]] if len(s) > max_tokens else text
-            for text, s in zip(sample, spans)
-        ]
-        assert truncator.truncate(sample, max_tokens) == expected
+    whole = [e.ids for e in uncut.encode_batch_fast(sample, add_special_tokens=False)]
+    sep = tokenizer.sep_token_id
+    for mode in ("truncate", "chunk"):
+        for max_tokens in (1, 7, 300, 10**6):
+            pairs = encoder.encode("q", sample, DocumentOptions(mode, max_tokens))
+            room = 512 - len(pairs.head) - 1
+            if max_tokens > room and mode == "chunk":
+                continue  # chunked: windows (tests/model/test_chunking.py)
+            expected = [w[: min(max_tokens, room)] + [sep] for w in whole]
+            assert [p[len(pairs.head) :] for p in pair_ids(pairs)] == expected
 
 
 class Spy:
@@ -69,4 +77,4 @@ def test_a_long_document_is_tokenized_from_its_first_window_only():
     cut = encoder.encode("q", [text])
     assert cut.doc_ids.tolist() == whole.doc_ids.tolist()
     assert cut.doc_lengths.tolist() == whole.doc_lengths.tolist() == [509]
-    assert max(spy.lengths) <= 509 * WINDOW_CHARS_PER_TOKEN
+    assert max(spy.lengths) <= 510 * WINDOW_CHARS_PER_TOKEN

@@ -15,7 +15,7 @@ from serve_app.errors import BudgetUnsatisfiable
 from serve_app.model.stats import ReplicaStats
 from serve_app.model.tokenization import EncodedPairs, pair_ids
 from serve_app.routing.budget import BudgetPolicy, LatencyPredictor, ModelLoad
-from serve_app.routing.cascade import merge, select_pairs
+from serve_app.routing.cascade import merge
 from serve_app.routing.loads import LoadBoard
 from serve_app.routing.ranking import top_indices
 from serve_app.routing.shadow import kendall_tau_b, overlap_at_k
@@ -223,7 +223,7 @@ def test_cascade_keeping_everything_is_the_second_models_order():
     assert [i for i, _ in merged] == [1, 2, 0]
 
 
-def test_select_pairs_picks_the_kept_pairs_without_retokenizing():
+def test_select_picks_the_kept_pairs_without_retokenizing():
     head = np.array([101, 7, 102], dtype=np.int32)
     docs = [[11, 102], [21, 22, 23, 102], [31, 102]]
     pairs = EncodedPairs(
@@ -231,9 +231,9 @@ def test_select_pairs_picks_the_kept_pairs_without_retokenizing():
         np.array([t for d in docs for t in d], dtype=np.int32),
         np.array([len(d) for d in docs], dtype=np.int32),
     )
-    picked = select_pairs(pairs, [2, 0])
+    picked = pairs.select([2, 0])
     assert pair_ids(picked) == [[101, 7, 102, 31, 102], [101, 7, 102, 11, 102]]
-    assert picked.total_tokens == 10 and len(select_pairs(pairs, [])) == 0
+    assert picked.total_tokens == 10 and len(pairs.select([])) == 0
 
 
 # -- traffic split ---------------------------------------------------------------------

@@ -102,7 +102,7 @@ def request(
 
 def run(router: Router, **body):
     req = request(**body)
-    return asyncio.run(router.rerank(req, req.texts))
+    return asyncio.run(router.rerank(req))
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +140,9 @@ def test_auto_or_a_budget_without_model_uses_the_budget_policy(plain):
 def test_time_spent_before_the_decision_counts_against_the_budget(plain):
     router, _, _ = plain
     auto = request(model="auto", max_latency_ms=500)
-    fresh = asyncio.run(router.rerank(auto, DOCS, arrived=0.0))
+    fresh = asyncio.run(router.rerank(auto, arrived=0.0))
     assert (fresh.model, fresh.routing.budget_met) == (L12, True)
-    late = asyncio.run(router.rerank(auto, DOCS, arrived=-1.0))  # 1 s already spent
+    late = asyncio.run(router.rerank(auto, arrived=-1.0))  # 1 s already spent
     assert (late.model, late.routing.budget_met) == (TINY, False)
     assert late.routing.predicted_ms >= 1000
 
@@ -164,17 +164,17 @@ def test_inflight_requests_push_auto_traffic_to_smaller_models_and_back(checkpoi
         models.gate = asyncio.Event()
         texts = list(DOCS)
         auto = request(model="auto", documents=texts, max_latency_ms=budget)
-        first = asyncio.create_task(router.rerank(auto, texts))
+        first = asyncio.create_task(router.rerank(auto))
 
         async def first_is_at_l12():
             while board.inflight_tokens[L12] == 0:
                 await asyncio.sleep(0.001)
 
         await asyncio.wait_for(first_is_at_l12(), timeout=30)
-        second = await router.rerank(auto, texts)
+        second = await router.rerank(auto)
         models.gate.set()
         first = await first
-        third = await router.rerank(auto, texts)
+        third = await router.rerank(auto)
         return first, second, third
 
     first, second, third = asyncio.run(scenario())
@@ -227,6 +227,29 @@ def test_cascade_orders_kept_by_second_then_rest_by_first_and_bills_both(plain):
     assert models.calls[:2] == [(TINY, len(DOCS)), (L12, 3)]
 
 
+def test_chunked_documents_through_the_cascade_and_budget_routing(plain):
+    router, models, _ = plain
+    long = " ".join(f"river{i % 40} bank" for i in range(1500))
+    docs = ["a", long, "bb bb", long + " tail"]
+    models.calls.clear()
+    out = run(router, model="cascade", cascade={"keep": 2}, documents=docs, long_documents="chunk")
+    (_, first_pairs), (_, second_pairs) = models.calls[:2]
+    assert first_pairs > len(docs) and second_pairs > 2  # windows, not documents
+    assert out.scored == [(TINY, 4), (L12, 2)]  # billed per document
+    assert out.windows == first_pairs + second_pairs
+    # TinyBERT (longest pair best) keeps the long documents; L12 (shortest best) then scores
+    # each by its last, shortest window, and that is the passage the answer gives.
+    assert {i for i, _ in out.ranked[:2]} == {1, 3} and sorted(out.passages) == [1, 3]
+    for i in (1, 3):
+        assert out.passages[i].end == len(docs[i]) and out.passages[i].chunks > 3
+    # Budget routing and the prediction price every window's tokens.
+    chunked = run(router, model=L12, documents=docs, long_documents="chunk")
+    truncated = run(router, model=L12, documents=docs, long_documents="truncate")
+    assert chunked.total_tokens > 3 * truncated.total_tokens
+    assert chunked.routing.predicted_ms > truncated.routing.predicted_ms
+    assert truncated.passages == {} and truncated.windows == len(docs)
+
+
 def test_cascade_object_alone_defaults_and_limits(plain):
     router, _, _ = plain
     out = run(router, cascade={"first": "ms-marco-MiniLM-L-2-v2", "keep": 100}, top_n=2)
@@ -260,7 +283,7 @@ def test_shadow_scores_in_the_background_and_records_agreement(checkpoint_root):
     )
 
     async def scenario():
-        outs = [await router.rerank(req, req.texts) for req in requests]
+        outs = [await router.rerank(req) for req in requests]
         await asyncio.gather(*list(router._background))
         return outs
 
@@ -279,7 +302,7 @@ def test_shadow_scores_in_the_background_and_records_agreement(checkpoint_root):
     assert router.agreement.failed == 2  # responses still fine
 
 
-def test_a_shadow_model_with_its_own_encoder_scores_the_texts_the_served_model_scored(
+def test_a_shadow_model_with_its_own_encoder_cuts_documents_as_the_served_model_did(
     checkpoint_root,
 ):
     # L12 with another query cap has its own encoder, so its shadow pairs are re-encoded.
@@ -289,11 +312,10 @@ def test_a_shadow_model_with_its_own_encoder_scores_the_texts_the_served_model_s
         model_options={L12: {"max_query_tokens": 32}},
     )
     assert not router.encoders.same_encoding(L12, TINY)
-    served_request = request(model=TINY, query="q")
-    cut = ["a"] * len(DOCS)  # what `max_tokens_per_doc` would leave of the documents
+    served_request = request(model=TINY, query="q", max_tokens_per_doc=1)
 
     async def scenario():
-        await router.rerank(served_request, cut)
+        await router.rerank(served_request)
         await asyncio.gather(*list(router._background))
 
     asyncio.run(scenario())

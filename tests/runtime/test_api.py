@@ -76,6 +76,7 @@ def url(checkpoint_root, usage_db):
         },
         pricing={"default_usd_per_1k_documents": 0.008, "usd_per_1k_documents": {TINY: 0.004}},
         usage={"sqlite_path": str(usage_db), "timeout_s": 1},
+        chunking={"long_documents": "chunk"},  # as the shipped configs
     )
     yield from start_serve_app(
         args,
@@ -187,6 +188,31 @@ def test_cohere_v2_sdk_works_unchanged(url):
         bad.rerank(model=TINY, query=QUERY, documents=DOCS)
     with pytest.raises(cohere.errors.NotFoundError):
         client.rerank(model="rerank-v3.5", query=QUERY, documents=DOCS)
+
+
+def test_a_long_document_is_chunked_and_the_cohere_sdk_reads_the_answer(url):
+    import cohere
+
+    filler = " ".join(f"filler{i % 89} words" for i in range(1000))
+    long_doc = f"{filler} {DOCS[0]} {filler}"
+    docs = [DOCS[1], long_doc]
+    body = {"model": TINY, "query": QUERY, "documents": docs, "raw_scores": True}
+    chunked = post(url, "/v1/rerank", body).json()
+    truncated = post(url, "/v1/rerank", {**body, "long_documents": "truncate"}).json()
+    long_result = next(r for r in chunked["results"] if r["index"] == 1)
+    assert long_result["chunks"] >= 4
+    assert chunked["usage"]["windows"] == 1 + long_result["chunks"]
+    span = long_result["span"]
+    assert 0 <= span["start"] < span["end"] <= len(long_doc)
+    assert all("chunks" not in r for r in truncated["results"])
+    short = [
+        next(r for r in answer["results"] if r["index"] == 0) for answer in (chunked, truncated)
+    ]
+    assert short[0]["relevance_score"] == pytest.approx(short[1]["relevance_score"], abs=1e-6)
+    # The SDK parses the extra fields away and sees the same ranking.
+    client = cohere.ClientV2(api_key=KEYS["main"], base_url=url, client_name="compat-test")
+    response = client.rerank(model=TINY, query=QUERY, documents=docs)
+    assert [r.index for r in response.results] == [r["index"] for r in chunked["results"]]
 
 
 def test_cohere_v2_request_exactly_as_the_sdk_sends_it(url):

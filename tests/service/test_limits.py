@@ -8,7 +8,6 @@ from pydantic import ValidationError
 from serve_app.config import AppConfig, LimitsConfig, PricingConfig
 from serve_app.errors import InvalidRequest
 from serve_app.service.limits import check_limits
-from serve_app.service.truncation import DocumentTruncator
 from serve_app.types import RerankRequest
 
 L6 = "cross-encoder/ms-marco-MiniLM-L6-v2"
@@ -55,11 +54,3 @@ def test_prices_per_model_accept_aliases_and_default():
         AppConfig.model_validate(
             {"models": [{"name": L6}], "pricing": {"usd_per_1k_documents": {"nope": 1}}}
         )
-
-
-def test_truncation_cuts_after_n_tokens_and_keeps_short_texts():
-    truncator = DocumentTruncator()
-    texts = ["Paris is the capital of France.", "short", ""]
-    assert truncator.truncate(texts, 3) == ["Paris is the", "short", ""]
-    assert truncator.truncate(["one two three"], 3) == ["one two three"]
-    assert truncator.truncate(texts, 10**30) == texts  # no-op at or above the model's 512

@@ -29,9 +29,17 @@ def record(
     price: float = 0.008,
     key_id: str = "alice",
     served_at: float = 1_764_547_200.0,  # 2025-12-01 00:00 UTC
+    windows: int | None = None,
 ) -> UsageRecord:
     return UsageRecord(
-        request_id, key_id, model, documents, documents * 10, ((documents, price),), served_at
+        request_id,
+        key_id,
+        model,
+        documents,
+        documents * 10,
+        ((documents, price),),
+        served_at,
+        documents if windows is None else windows,
     )
 
 

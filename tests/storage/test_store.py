@@ -40,7 +40,7 @@ async def test_usage_is_unchanged_after_reopening_and_a_retry_still_counts_once(
 async def test_cost_is_exact_per_model_and_for_a_cascade(store):
     s, _ = store
     await s.insert([record(f"r{i}", 1) for i in range(10_000)])  # 10,000 x $0.008/1k
-    await s.insert([record("t", 3, model=TINY, price=0.004)])
+    await s.insert([record("t", 3, model=TINY, price=0.004, windows=7)])
     cascade = UsageRecord("c", "alice", "cascade", 120, 9000, ((100, 0.004), (20, 0.012)))
     await s.insert([cascade])
     totals = await s.usage("alice")
@@ -49,6 +49,7 @@ async def test_cost_is_exact_per_model_and_for_a_cascade(store):
         "requests": 1,
         "documents": 3,
         "tokens": 30,
+        "windows": 7,
         "cost_usd": 0.000012,
     }
     assert totals["models"]["cascade"]["cost_usd"] == 0.00064
@@ -106,11 +107,36 @@ async def test_sqlite_file_is_in_wal_mode_with_its_schema_version(tmp_path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("SELECT version, name FROM schema_version").fetchall() == [
-            (1, "usage_records")
+            (1, "usage_records"),
+            (2, "windows"),
         ]
     reopened = SqliteUsageStore(path)  # migrations are not applied twice
     assert (await reopened.usage("alice"))["requests"] == 1
     await reopened.close()
+
+
+async def test_a_version_1_file_gains_windows_equal_to_its_documents(tmp_path):
+    """Rows billed before chunking scored one pair per document."""
+    from serve_app.storage.base import migrations
+    from serve_app.storage.sqlite import SqliteUsageStore
+
+    path = tmp_path / "usage.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(migrations("sqlite")[0].sql)
+        conn.execute(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+        conn.execute("INSERT INTO schema_version (version, name) VALUES (1, 'usage_records')")
+        conn.execute(
+            "INSERT INTO usage_records VALUES ('old', 'alice', ?, 4, 40, 32000, '[[4,0.008]]', 0)",
+            (TINY,),
+        )
+    s = SqliteUsageStore(path)
+    await s.insert([record("new", 2, windows=5)])
+    totals = await s.usage("alice")
+    await s.close()
+    assert (totals["documents"], totals["windows"]) == (6, 9)
 
 
 async def test_a_locked_sqlite_file_is_unavailable_not_an_error_and_then_recovers(tmp_path):

@@ -72,15 +72,31 @@ function showRanking(body, answer) {
     index.textContent = `#${result.index}`;
     const text = document.createElement("span");
     text.className = "text";
-    text.textContent = result.document ? result.document.text : body.documents[result.index];
-    item.append(score, " ", index, " ", text);
+    const full = result.document ? result.document.text : body.documents[result.index];
+    if (result.span) {
+      // A chunked document: mark the window it was scored by. The span counts code
+      // points (Python's string offsets), not JavaScript's UTF-16 units.
+      const chars = Array.from(full);
+      const { start, end } = result.span;
+      const passage = document.createElement("mark");
+      passage.textContent = chars.slice(start, end).join("");
+      text.append(chars.slice(0, start).join(""), passage, chars.slice(end).join(""));
+      const chunks = document.createElement("span");
+      chunks.className = "chunks";
+      chunks.textContent = `best of ${result.chunks} windows`;
+      item.append(score, " ", index, " ", chunks, " ", text);
+    } else {
+      text.textContent = full;
+      item.append(score, " ", index, " ", text);
+    }
     list.append(item);
   }
   $("served-by").textContent = answer.headers.get("x-rerank-model") || answer.json.model;
   $("routing").textContent = describeRouting(answer.json.routing);
   $("latency").textContent = formatMs(answer.ms);
   const usage = answer.json.usage;
-  $("usage").textContent = `${usage.documents} documents, ${usage.total_tokens} tokens`;
+  $("usage").textContent =
+    `${usage.documents} documents, ${usage.total_tokens} tokens, ${usage.windows} windows`;
   $("cost").textContent = "…";
   $("result").hidden = false;
 }
