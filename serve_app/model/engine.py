@@ -99,15 +99,7 @@ def check_checkpoint(
             "transformers cannot load it as a sequence classifier (a model with its own "
             "code is not run here; its head would start at random)",
         )
-    missing = missing_weights(source, config)
-    if missing:
-        shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
-        raise EngineStartError(
-            name,
-            backend,
-            f"{source!r} has no weights for {shown}: as a {classifier} they would start at "
-            "random (a checkpoint with its own head code is not run here)",
-        )
+    check_head_weights(name, source, backend, config)
     return CheckpointFacts(
         model_type=config.model_type,
         num_labels=config.num_labels,
@@ -132,6 +124,24 @@ def _own_code(source: str) -> str | None:
     except (OSError, ValueError):
         return None
     return ", ".join(f"{k}: {v}" for k, v in auto_map.items()) if auto_map else None
+
+
+def check_head_weights(name: str, source: str, backend: str, config: Any = None) -> None:
+    """Raise `EngineStartError` if the checkpoint's weights, where they are on this machine,
+    lack any of a sequence classifier's (the head, say): transformers would start those at
+    random and only warn. Run again once a replica has loaded the model, when a hub
+    checkpoint's weights are in the cache."""
+    config = config if config is not None else AutoConfig.from_pretrained(source)
+    missing = missing_weights(source, config)
+    if missing:
+        shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+        raise EngineStartError(
+            name,
+            backend,
+            f"{source!r} has no weights for {shown}: as a "
+            f"{_sequence_classifier(config.model_type)} they would start at random (a "
+            "checkpoint with its own head code is not run here)",
+        )
 
 
 def _sequence_classifier(model_type: str) -> str | None:
@@ -272,6 +282,8 @@ class CrossEncoderEngine:
             segments=self.segments,
             score_column=facts.score_column,
         )
+        # A hub checkpoint's weights are in the cache only now: look at them again.
+        check_head_weights(self.name, source, chosen)
         self.device: Device = device
 
     @classmethod
