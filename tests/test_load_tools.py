@@ -56,7 +56,7 @@ def test_http_bench_sends_the_api_key_on_every_request_over_one_client(monkeypat
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("authorization"))
-        return httpx.Response(200)
+        return httpx.Response(200, json={"usage": {"documents": 2, "windows": 3}})
 
     def client(**kwargs):
         clients.append(kwargs)
@@ -75,9 +75,11 @@ def test_http_bench_sends_the_api_key_on_every_request_over_one_client(monkeypat
         api_key="k1",
         client_procs=1,
         duration=1,
+        long_documents=None,
     )
     out = bench.bench_http(args)
     assert seen == ["Bearer k1"] * 4  # one untimed warm request, then the 3 idle ones
+    assert out["windows_per_document"] == 1.5
     # One kept-alive client: a client per request would time the client's own set-up.
     assert len(clients) == 1
     assert out["idle_single_request_p50_ms"] is not None

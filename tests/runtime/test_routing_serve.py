@@ -87,7 +87,11 @@ def test_tight_budget_burst_shifts_the_mix_to_smaller_models(url):
         assert got["routing"]["policy"] == "budget"
         assert isinstance(got["routing"]["budget_met"], bool) and got["routing"]["predicted_ms"] > 0
         assert r.headers["x-rerank-model"] == got["model"]
-        assert got["usage"] == {"documents": len(DOCS), "total_tokens": tokens}
+        assert got["usage"] == {
+            "documents": len(DOCS),
+            "total_tokens": tokens,
+            "windows": len(DOCS),
+        }
     tight_mix = Counter(r.json()["model"] for r in tight)
     assert tight_mix[L12] < loose_mix[L12]
     assert tight_mix[TINY] + tight_mix[L2] > 0
@@ -127,6 +131,7 @@ def test_cascade_through_http_orders_and_bills_both_stages(url, checkpoint_root)
     assert got["usage"] == {
         "documents": len(docs) + 3,
         "total_tokens": int(lengths.sum()) + int(lengths[kept].sum()),
+        "windows": len(docs) + 3,
     }
 
     # A cascade object alone uses the configured defaults for what it leaves out.
