@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
 
     catalog = load_catalog()
-    models = [card.name for card in catalog]
+    models = [card.name for card in catalog if card.name.endswith("-v2")]  # the five documented
     policy = BudgetPolicy(catalog, models)
     board = LoadBoard(models)
     for i, model in enumerate(models):

@@ -7,12 +7,13 @@ Ray; the random demo checkpoints are written by `serve_app/model/checkpoints.py`
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serve_app.catalog import UnknownModelError, load_catalog
+from serve_app.catalog import Catalog, ModelCard, load_catalog
 from serve_app.types import Budget
 
 DEFAULT_RANDOM_CHECKPOINT_ROOT = "~/.cache/rerank-serve/random-init"
@@ -22,11 +23,29 @@ BackendChoice = Literal["auto", "torch", "onnx", "openvino"]
 Quantization = Literal["none", "int8"]
 
 
-def canonical_model_name(name: str) -> str:
-    try:
-        return load_catalog().resolve(name).name
-    except UnknownModelError as e:
-        raise ValueError(f"unknown model {name!r}; the catalog has {e.available}") from None
+# A model outside the catalog: `name` or `organisation/name`, letters, digits, `.`, `_`, `-`.
+# The part after the slash is its Serve deployment name, so it must be one.
+FREE_NAME = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def model_name(name: str) -> str:
+    """A catalog model's canonical name, or a model outside the catalog's name as written
+    (stripped). Which of the latter are served is checked against `models` in `AppConfig`."""
+    card = load_catalog().find(name)
+    if card is not None:
+        return card.name
+    name = name.strip()
+    if not FREE_NAME.match(name):
+        raise ValueError(
+            f"unknown model {name!r}: not in the catalog ({sorted(load_catalog().cards)}), "
+            "and not a valid name for a model outside it (`[organisation/]name` of letters, "
+            "digits, '.', '_', '-')"
+        )
+    return name
+
+
+def _bare_spellings(card: ModelCard) -> set[str]:
+    return {s.split("/", 1)[-1].lower() for s in (card.name, *card.aliases)}
 
 
 class _Strict(BaseModel):
@@ -112,10 +131,36 @@ class _Placement(_Strict):
         }
 
 
+class CardFigures(_Strict):
+    """Published figures of a model outside the catalog, from its card, if it has them:
+    with them, budget routing treats it like a catalog model."""
+
+    ndcg10_trec_dl19: float | None = Field(None, gt=0, le=100)
+    mrr10_msmarco_dev: float | None = Field(None, gt=0, le=100)
+    v100_docs_per_s: float | None = Field(None, gt=0)
+
+
 class ModelDeploymentConfig(_Placement):
-    name: str = Field(description="Catalog name or alias; normalised to the canonical name.")
+    name: str = Field(
+        description="Catalog name or alias (normalised to the canonical name); or a free "
+        "name (`[organisation/]name`) for a model outside the catalog, which needs `source`."
+    )
     source: str | None = Field(
-        None, description="Hub id or local directory; defaults to the hub id (the name)."
+        None,
+        description="Hub id or local directory; defaults to the hub id (the name). Required "
+        "for a model outside the catalog.",
+    )
+    figures: CardFigures | None = Field(
+        None,
+        description="A model outside the catalog: its card's NDCG@10 / MRR@10 / V100 docs/s, "
+        "if any. Without them it is routed by name, and by budget from its measured speed "
+        "only; it never meets an accuracy floor.",
+    )
+    score_label: str | int | None = Field(
+        None,
+        description="For a checkpoint with more than one label: the label whose logit is "
+        "the score, by name (its config's `id2label`) or index. Catalog models with two "
+        "labels default to the card's ('relevant'). A one-label checkpoint needs none.",
     )
     random_init: bool = Field(
         False,
@@ -168,11 +213,49 @@ class ModelDeploymentConfig(_Placement):
     @field_validator("name")
     @classmethod
     def _canonical(cls, v: str) -> str:
-        return canonical_model_name(v)
+        return model_name(v)
+
+    @model_validator(mode="after")
+    def _outside_the_catalog(self) -> ModelDeploymentConfig:
+        if self.in_catalog:
+            if self.figures is not None:
+                raise ValueError(
+                    f"{self.name} is in the catalog, which has its figures: drop `figures`"
+                )
+            return self
+        if self.source is None:
+            raise ValueError(
+                f"model {self.name!r} is not in the catalog ({sorted(load_catalog().cards)}); "
+                "a model outside it is served from `source` (a local directory or hub id)"
+            )
+        if self.random_init:
+            raise ValueError(
+                f"random_init writes catalog architectures only; {self.name} is not one"
+            )
+        bare = self.short_name.lower()
+        clash = [c.name for c in load_catalog() if bare in _bare_spellings(c)]
+        if clash:
+            raise ValueError(
+                f"model {self.name!r} would share its short name with the catalog's {clash[0]}: "
+                "give it another name"
+            )
+        return self
+
+    @property
+    def in_catalog(self) -> bool:
+        return self.name in load_catalog().cards
 
     @property
     def short_name(self) -> str:
-        return load_catalog().resolve(self.name).short_name
+        """The Serve deployment name: the part of the name after the organisation."""
+        return self.name.split("/", 1)[-1]
+
+    def card(self) -> ModelCard:
+        """The catalog's card, or one for a model outside it (figures from config)."""
+        if self.in_catalog:
+            return load_catalog().cards[self.name]
+        figures = self.figures or CardFigures()
+        return ModelCard(name=self.name, in_catalog=False, **figures.model_dump())
 
     def resolved_source(self) -> str:
         if self.source is not None:
@@ -283,7 +366,7 @@ class CascadeSettings(_Strict):
     @field_validator("first", "second")
     @classmethod
     def _canonical(cls, v: str) -> str:
-        return canonical_model_name(v)
+        return model_name(v)
 
 
 class SplitSettings(_Strict):
@@ -297,7 +380,7 @@ class SplitSettings(_Strict):
     @field_validator("source", "target")
     @classmethod
     def _canonical(cls, v: str) -> str:
-        return canonical_model_name(v)
+        return model_name(v)
 
 
 class ShadowSettings(_Strict):
@@ -311,7 +394,7 @@ class ShadowSettings(_Strict):
     @field_validator("model", "against")
     @classmethod
     def _canonical(cls, v: str | None) -> str | None:
-        return None if v is None else canonical_model_name(v)
+        return None if v is None else model_name(v)
 
 
 class RoutingSettings(_Strict):
@@ -438,7 +521,7 @@ class PricingConfig(_Strict):
     def _canonical_names(cls, v: dict[str, float]) -> dict[str, float]:
         if any(price < 0 for price in v.values()):
             raise ValueError("prices must not be negative")
-        return {canonical_model_name(k): price for k, price in v.items()}
+        return {model_name(k): price for k, price in v.items()}
 
     def price(self, model: str) -> float:
         return self.usd_per_1k_documents.get(model, self.default_usd_per_1k_documents)
@@ -535,10 +618,24 @@ class AppConfig(_Strict):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"a model is listed twice: {names}")
+        deployments = [m.short_name.lower() for m in self.models]
+        if len(set(deployments)) != len(deployments):
+            raise ValueError(f"two models would share a deployment name: {names}")
+        self._name_served_models_canonically()
         if self.default_model is not None:
-            self.default_model = canonical_model_name(self.default_model)
             if self.default_model not in names:
                 raise ValueError(f"default_model {self.default_model} is not enabled")
+        catalog = load_catalog().cards
+        cascade = self.routing.cascade
+        for name, where in (
+            (cascade.first, "routing.cascade.first"),
+            (cascade.second, "routing.cascade.second"),
+            *((n, "pricing.usd_per_1k_documents") for n in self.pricing.usd_per_1k_documents),
+        ):
+            if name not in catalog and name not in names:
+                raise ValueError(
+                    f"{where} names {name}, which is neither in the catalog nor enabled"
+                )
         routed = [(s.source, "routing.splits") for s in self.routing.splits]
         routed += [(s.target, "routing.splits") for s in self.routing.splits]
         if self.routing.shadow is not None:
@@ -553,6 +650,32 @@ class AppConfig(_Strict):
             raise ValueError(f"routing.splits: more than one split from one model: {sources}")
         return self
 
+    def _name_served_models_canonically(self) -> None:
+        """Names elsewhere in the config may spell a model outside the catalog as its
+        deployment does (`bge-reranker-base` for `BAAI/bge-reranker-base`): one name each."""
+        catalog = self.catalog()
+
+        def canonical(name: str) -> str:
+            card = catalog.find(name)
+            return name if card is None else card.name
+
+        if self.default_model is not None:
+            self.default_model = canonical(self.default_model)
+        cascade = self.routing.cascade
+        cascade.first, cascade.second = canonical(cascade.first), canonical(cascade.second)
+        for split in self.routing.splits:
+            split.source, split.target = canonical(split.source), canonical(split.target)
+        shadow = self.routing.shadow
+        if shadow is not None:
+            shadow.model = canonical(shadow.model)
+            shadow.against = None if shadow.against is None else canonical(shadow.against)
+        prices = self.pricing.usd_per_1k_documents
+        self.pricing.usd_per_1k_documents = {canonical(k): v for k, v in prices.items()}
+
     @property
     def enabled_models(self) -> list[str]:
         return [m.name for m in self.models]
+
+    def catalog(self) -> Catalog:
+        """The catalog, with a card for each enabled model outside it."""
+        return load_catalog().with_cards(m.card() for m in self.models if not m.in_catalog)

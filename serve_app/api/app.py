@@ -209,7 +209,12 @@ def create_app(
     async def list_models() -> ModelList:
         """The models served, with catalog metadata and running replicas."""
         statuses = await service.models_status()
-        return ModelList(data=[ModelEntry.of(s, ORGANISATION) for s in statuses])
+        return ModelList(
+            data=[
+                ModelEntry.of(s, s.name.split("/", 1)[0] if "/" in s.name else ORGANISATION)
+                for s in statuses
+            ]
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -306,10 +306,22 @@ class ModelEntry(BaseModel):
         None, description="Replicas the autoscaler has added that are not running yet."
     )
     aliases: list[str]
-    architecture: dict
-    ndcg10_trec_dl19: float
-    mrr10_msmarco_dev: float
-    v100_docs_per_s: float
+    architecture: dict = Field(
+        description="The checkpoint's published config (class, sizes, labels); empty for a "
+        "model outside the catalog."
+    )
+    in_catalog: bool = Field(
+        True, description="False: served from `source` alone under a name of its config's."
+    )
+    ndcg10_trec_dl19: float | None = Field(
+        None, description="Published NDCG@10 (TREC DL 19); null: none known (no accuracy floor)."
+    )
+    mrr10_msmarco_dev: float | None = Field(
+        None, description="Published MRR@10 (MS MARCO dev); null: none known."
+    )
+    v100_docs_per_s: float | None = Field(
+        None, description="Published V100 speed; null: budget routing uses measured speed only."
+    )
 
     @classmethod
     def of(cls, status: types.ModelStatus, owned_by: str) -> ModelEntry:

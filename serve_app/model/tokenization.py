@@ -419,11 +419,17 @@ class PairEncoder:
         return ids
 
 
+# Models whose position ids count from `pad_token_id + 1` (RoBERTa's scheme).
+ROBERTA_STYLE_POSITIONS = frozenset(
+    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet"}
+)
+
+
 def position_limit(config) -> int:
     """Positions the model can take. RoBERTa-family models number positions from
     `pad_token_id + 1`, so two of their 514 position embeddings are never usable."""
     positions = config.max_position_embeddings
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+    if config.model_type in ROBERTA_STYLE_POSITIONS:
         positions -= (config.pad_token_id or 0) + 1
     return positions
 

@@ -11,10 +11,17 @@ the catalog's V100 docs/s, scaled by how the measured models compare with their 
 per-call overhead (transport, batch wait) is added; unmeasured models borrow the median.
 The time the request has already spent in the ingress (body, validation, tokenization)
 counts against the budget too, so `predicted_ms` is the request's, not only the model's.
+
+A model without published figures (outside the catalog, its config giving none) ranks
+below every model with them and never meets an accuracy floor. Without a docs/s figure it
+has no prior: until it has measured batches of its own (traffic sent to it by name, or as
+the only candidate) it has no prediction, so budget routing does not pick it while any
+other candidate has one; once measured, its own rate alone predicts it.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,33 +53,49 @@ class ModelLoad:
 @dataclass(frozen=True)
 class BudgetChoice:
     model: str
-    predicted_ms: float
-    budget_met: bool | None  # None: no latency budget applied
+    predicted_ms: float | None  # None: nothing to predict from (no figures, not measured)
+    budget_met: bool | None  # None: no latency budget applied, or no prediction
 
 
 def quality_key(card: ModelCard) -> tuple[float, float]:
-    return (card.ndcg10_trec_dl19, card.mrr10_msmarco_dev)
+    """Published quality; a figure that is missing counts as below every real one."""
+    return tuple(
+        -math.inf if v is None else v for v in (card.ndcg10_trec_dl19, card.mrr10_msmarco_dev)
+    )
 
 
 class LatencyPredictor:
     def __init__(self, catalog: Catalog, prior_tokens_per_doc: int = PRIOR_TOKENS_PER_DOC):
         self.prior_rate = {
-            card.name: 1.0 / (card.v100_docs_per_s * prior_tokens_per_doc) for card in catalog
+            card.name: 1.0 / (card.v100_docs_per_s * prior_tokens_per_doc)
+            for card in catalog
+            if card.v100_docs_per_s
         }
 
-    def rates(self, models: Sequence[str], loads: Mapping[str, ModelLoad]) -> dict[str, float]:
-        """Seconds per token for each model: measured, else the calibrated prior."""
+    def rates(
+        self, models: Sequence[str], loads: Mapping[str, ModelLoad]
+    ) -> dict[str, float | None]:
+        """Seconds per token for each model: measured, shrunk towards the calibrated prior
+        where it has one; the calibrated prior alone if not measured yet; None for a model
+        with neither (no published speed, not measured)."""
         measured = {
             m: loads[m]
             for m in models
             if m in loads and loads[m].seconds_per_token is not None and loads[m].batches_measured
         }
-        ratios = [load.seconds_per_token / self.prior_rate[m] for m, load in measured.items()]
+        ratios = [
+            load.seconds_per_token / self.prior_rate[m]
+            for m, load in measured.items()
+            if m in self.prior_rate
+        ]
         calibration = statistics.median(ratios) if ratios else 1.0
-        rates = {}
+        rates: dict[str, float | None] = {}
         for m in models:
-            prior = self.prior_rate[m] * calibration
             load = measured.get(m)
+            if m not in self.prior_rate:  # no published speed: its own measurements only
+                rates[m] = None if load is None else load.seconds_per_token
+                continue
+            prior = self.prior_rate[m] * calibration
             if load is None:
                 rates[m] = prior
             else:
@@ -94,8 +117,10 @@ class LatencyPredictor:
 
     @staticmethod
     def predict_ms(
-        rate: float, load: ModelLoad | None, tokens: int, overhead_ms: float = 0.0
-    ) -> float:
+        rate: float | None, load: ModelLoad | None, tokens: int, overhead_ms: float = 0.0
+    ) -> float | None:
+        if rate is None:
+            return None
         queued = (load.queued_tokens / max(1, load.replicas)) if load else 0.0
         return (queued + tokens) * rate * 1000.0 + overhead_ms
 
@@ -121,19 +146,26 @@ class BudgetPolicy:
         ):
             if floor is None:
                 continue
-            passing = [m for m in models if getattr(self.catalog.cards[m], attr) >= floor]
+            # A model without the figure cannot show that it meets the floor.
+            figure = {m: getattr(self.catalog.cards[m], attr) for m in self.by_quality}
+            passing = [m for m in models if figure[m] is not None and figure[m] >= floor]
             if not passing:
-                best = max(self.by_quality, key=lambda m: getattr(self.catalog.cards[m], attr))
+                known = [m for m in self.by_quality if figure[m] is not None]
+                best = (
+                    f"the best available is {max(known, key=figure.__getitem__)} with "
+                    f"{max(figure[m] for m in known):g}"
+                    if known
+                    else "no enabled model has a published figure for it"
+                )
                 raise BudgetUnsatisfiable(
-                    f"no enabled model reaches {param}={floor:g}; the best available is "
-                    f"{best} with {getattr(self.catalog.cards[best], attr):g}",
-                    param,
+                    f"no enabled model reaches {param}={floor:g}; {best}", param
                 )
             models = passing
         return models
 
-    def predict(self, model: str, tokens: int, loads: Mapping[str, ModelLoad]) -> float:
-        """The model call alone: queue wait, service and per-call overhead."""
+    def predict(self, model: str, tokens: int, loads: Mapping[str, ModelLoad]) -> float | None:
+        """The model call alone: queue wait, service and per-call overhead; None when the
+        model has neither a published speed nor measurements."""
         rate = self.predictor.rates(self.by_quality, loads)[model]
         overhead = self.predictor.overheads(self.by_quality, loads)[model]
         return self.predictor.predict_ms(rate, loads.get(model), tokens, overhead)
@@ -152,16 +184,19 @@ class BudgetPolicy:
         candidates = [m for m in self.eligible(budget) if m not in exclude] or self.eligible(budget)
         rates = self.predictor.rates(self.by_quality, loads)
         overheads = self.predictor.overheads(self.by_quality, loads)
-        predicted = {
-            m: spent_ms + self.predictor.predict_ms(rates[m], loads.get(m), tokens, overheads[m])
-            for m in candidates
-        }
+        predicted: dict[str, float | None] = {}
+        for m in candidates:
+            own = self.predictor.predict_ms(rates[m], loads.get(m), tokens, overheads[m])
+            predicted[m] = None if own is None else spent_ms + own
         if budget.max_latency_ms is None:
             best = candidates[0]
             return BudgetChoice(best, predicted[best], None)
-        for m in candidates:  # most accurate first
+        known = [m for m in candidates if predicted[m] is not None]
+        for m in known:  # most accurate first
             if predicted[m] <= budget.max_latency_ms:
                 return BudgetChoice(m, predicted[m], True)
+        if not known:  # only models nothing predicts: the most accurate of them, unjudged
+            return BudgetChoice(candidates[0], None, None)
         # Nothing fits: the fastest; among equally fast, the more accurate (earlier).
-        fastest = min(candidates, key=predicted.__getitem__)
+        fastest = min(known, key=predicted.__getitem__)
         return BudgetChoice(fastest, predicted[fastest], False)

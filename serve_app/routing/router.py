@@ -38,11 +38,21 @@ CASCADE = "cascade"
 ScoreFn = Callable[[str, EncodedPairs], Awaitable[np.ndarray]]
 
 
-def budget_met(predicted_ms: float, budget: Budget) -> bool | None:
-    """Whether a prediction fits the latency budget; None when there is none."""
-    if budget.max_latency_ms is None:
+def budget_met(predicted_ms: float | None, budget: Budget) -> bool | None:
+    """Whether a prediction fits the latency budget; None when there is no budget, or no
+    prediction (a model without a published speed, not measured yet)."""
+    if budget.max_latency_ms is None or predicted_ms is None:
         return None
     return predicted_ms <= budget.max_latency_ms
+
+
+def total_ms(*parts: float | None) -> float | None:
+    """The sum of predictions, None if any part has none."""
+    return None if any(p is None for p in parts) else sum(parts)
+
+
+def rounded(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 3)
 
 
 class Router:
@@ -133,10 +143,11 @@ class Router:
         pairs = await self.encoders.encode(
             named.model, request.query, request.texts, self.options(request)
         )
-        predicted = self._spent_ms(arrived) + self.policy.predict(
-            named.model, pairs.total_tokens, self.board.loads()
+        predicted = total_ms(
+            self._spent_ms(arrived),
+            self.policy.predict(named.model, pairs.total_tokens, self.board.loads()),
         )
-        routing = Routing(named.policy, round(predicted, 3), budget_met(predicted, request.budget))
+        routing = Routing(named.policy, rounded(predicted), budget_met(predicted, request.budget))
         return await self._single(named.model, pairs, request, routing)
 
     async def _auto(self, request: RerankRequest, arrived: float) -> RerankResult:
@@ -153,11 +164,11 @@ class Router:
         diverted = self.splitter.divert(model, [m for m in candidates if m not in full])
         if diverted is not None:
             model, policy = diverted, "split"
-            predicted = spent + self.policy.predict(model, pairs.total_tokens, loads)
+            predicted = total_ms(spent, self.policy.predict(model, pairs.total_tokens, loads))
         pairs = await self.encoders.encode(
             model, request.query, request.texts, options, reuse=(probe, pairs)
         )
-        routing = Routing(policy, round(predicted, 3), budget_met(predicted, budget))
+        routing = Routing(policy, rounded(predicted), budget_met(predicted, budget))
         return await self._single(model, pairs, request, routing)
 
     async def _single(
@@ -196,10 +207,10 @@ class Router:
         loads = self.board.loads()
         # Estimated: which documents the first stage keeps is not known yet.
         second_tokens = pairs.total_tokens * keep // max(1, pairs.documents)
-        predicted = (
-            self._spent_ms(arrived)
-            + self.policy.predict(first, pairs.total_tokens, loads)
-            + self.policy.predict(second, second_tokens, loads)
+        predicted = total_ms(
+            self._spent_ms(arrived),
+            self.policy.predict(first, pairs.total_tokens, loads),
+            self.policy.predict(second, second_tokens, loads),
         )
         first_logits, first_best = pairs.best(await self._score(first, pairs))
         kept = top_indices(first_logits.tolist(), keep)
@@ -228,7 +239,7 @@ class Router:
             windows=len(pairs) + len(second_pairs),
             passages=passages,
             routing=Routing(
-                CASCADE, round(predicted, 3), budget_met(predicted, request.budget), [first, second]
+                CASCADE, rounded(predicted), budget_met(predicted, request.budget), [first, second]
             ),
         )
 

@@ -19,8 +19,8 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.app import PUBLIC_PATHS, ROUTES, SCORING_PATHS, create_app
 from serve_app.api.edge import EdgePolicy
-from serve_app.catalog import load_catalog
 from serve_app.config import AppConfig, ModelDeploymentConfig
+from serve_app.model.engine import check_checkpoint, on_this_machine
 from serve_app.model.tokenization import PairEncoders
 from serve_app.routing.admission import serve_queue_bound
 from serve_app.routing.loads import LoadBoard
@@ -37,6 +37,7 @@ from serve_app.service.rerank import RerankService
 
 def build_app(args: dict[str, Any] | AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    check_checkpoints(config)
     models = {m.name: RerankModel.options(**model_options(m)).bind(m) for m in config.models}
     ledger = UsageLedger.options(**config.usage.deployment_options()).bind(config.usage)
     return RerankIngress.options(**config.ingress.deployment_options()).bind(
@@ -54,6 +55,22 @@ def model_options(model: ModelDeploymentConfig) -> dict[str, Any]:
     return options
 
 
+def check_checkpoints(config: AppConfig) -> None:
+    """Refuse the whole application, before anything deploys, when a model's checkpoint
+    cannot be served (`check_checkpoint`: not loadable as a sequence classifier, or
+    several labels and no `score_label`): a replica would fail the same way at start,
+    and Serve would restart it a few times before giving up. Checkpoints not on this
+    machine (another node's directory, a hub id not in the cache) are checked by their
+    replicas at start instead; random demo checkpoints are written by this code."""
+    for model in config.models:
+        source = model.resolved_source()
+        if model.random_init or not on_this_machine(source):
+            continue
+        check_checkpoint(
+            model.name, source, model.score_label, model.backend, model.card().score_label
+        )
+
+
 @dataclass
 class Frontend:
     app: Callable[..., Any]  # the ASGI app
@@ -65,7 +82,7 @@ class Frontend:
 def build_frontend(
     config: AppConfig, model_handles: Mapping[str, DeploymentHandle], ledger: DeploymentHandle
 ) -> Frontend:
-    catalog = load_catalog()
+    catalog = config.catalog()
     metrics = RayMetrics()
     models = ModelClient(
         model_handles,

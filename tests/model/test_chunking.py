@@ -175,3 +175,29 @@ def test_select_keeps_every_window_of_the_chosen_documents(encoder):
     picked = pairs.select([3, 0])
     assert pair_ids(picked) == pair_ids(encoder.encode(QUERY, [docs[3], docs[0]], CHUNK))
     assert picked.spans.tolist() == encoder.encode(QUERY, [docs[3], docs[0]], CHUNK).spans.tolist()
+
+
+@pytest.mark.parametrize("kind", ["electra", "distilbert", "xlm-roberta"])
+def test_every_architecture_chunks_by_its_own_template(kind, tmp_path_factory):
+    """Windows carry each tokenizer's own special tokens (XLM-R: `<s> q </s></s> d </s>`),
+    the first is the truncated pair, and the document scores as its best window alone."""
+    from tests.model.architectures import write_architecture
+
+    path = str(write_architecture(kind, tmp_path_factory.mktemp(f"chunk-{kind}")))
+    encoder = PairEncoder.from_pretrained(path, 64)
+    engine = CrossEncoderEngine(path, backend="torch")
+    text = " ".join(["river otters build their dens near the water"] * 200)
+    pairs = encoder.encode(QUERY, ["short", text], CHUNK)
+    truncated = encoder.encode(QUERY, ["short", text], TRUNCATE)
+    assert pair_ids(pairs)[:2] == pair_ids(truncated)
+    assert len(pairs) > 4 and pairs.documents == 2
+    suffix = list(encoder.template.suffix)
+    assert all(ids[-len(suffix) :] == suffix for ids in pair_ids(pairs))
+    scores, best = pairs.best(engine.score([pairs])[0])
+    alone = [
+        float(engine.score([one_pair(pairs.head, ids[len(pairs.head) :])])[0][0])
+        for ids in pair_ids(pairs)[1:]
+    ]
+    assert scores[1] == pytest.approx(max(alone), abs=1e-5)
+    passage = pairs.passages(best)[1]
+    assert text[passage.start : passage.end] in text and passage.end > passage.start

@@ -373,3 +373,77 @@ def test_load_board_learns_overhead_only_from_calls_to_an_idle_model():
         with board.dispatched(L12, 100):  # dispatched behind another: not a sample
             pass
         assert board.loads()[L12].overhead_ms == learnt
+
+
+# -- a model without published figures --------------------------------------------------
+
+FREE = "BAAI/bge-reranker-base"
+
+
+def with_free_model(figures: dict | None = None) -> BudgetPolicy:
+    config = AppConfig.model_validate(
+        {
+            "models": [
+                {"name": TINY},
+                {"name": L12},
+                {"name": FREE, "source": "/unused", "figures": figures},
+            ]
+        }
+    )
+    return BudgetPolicy(config.catalog(), config.enabled_models)
+
+
+def test_a_model_without_figures_ranks_last_and_never_meets_a_floor():
+    policy = with_free_model()
+    assert policy.by_quality == [L12, TINY, FREE]
+    assert FREE not in policy.eligible(Budget(min_ndcg=1))
+    assert FREE not in policy.eligible(Budget(min_mrr=1))
+    alone = AppConfig.model_validate({"models": [{"name": FREE, "source": "/unused"}]})
+    only = BudgetPolicy(alone.catalog(), alone.enabled_models)
+    with pytest.raises(BudgetUnsatisfiable, match="no enabled model has a published figure"):
+        only.eligible(Budget(min_ndcg=1))
+    assert only.eligible(Budget()) == [FREE]
+
+
+def test_a_model_without_figures_is_not_predicted_until_measured():
+    policy = with_free_model()
+    assert policy.predict(FREE, 1000, {}) is None
+    # Nothing fits the budget: the fastest of the models with a prediction, never FREE.
+    choice = policy.choose(Budget(max_latency_ms=1e-6), 1000, {})
+    assert (choice.model, choice.budget_met) == (TINY, False)
+    # The calibration of the others' priors is untouched by it.
+    loads = {FREE: ModelLoad(1e-9, SETTLED)}
+    assert policy.predictor.rates([TINY], {}) == policy.predictor.rates([TINY], loads)
+
+
+def test_a_measured_model_without_figures_is_routed_by_its_own_speed():
+    policy = with_free_model()
+    slow = {TINY: ModelLoad(1e-3, SETTLED), L12: ModelLoad(1e-2, SETTLED)}
+    fast = {**slow, FREE: ModelLoad(1e-6, batches_measured=1)}
+    assert policy.predictor.rates([FREE], fast)[FREE] == 1e-6  # no prior to shrink towards
+    # Only FREE fits 10 ms for 1000 tokens (1 ms); the others take 1 s and 10 s.
+    choice = policy.choose(Budget(max_latency_ms=10), 1000, fast)
+    assert (choice.model, choice.budget_met) == (FREE, True)
+    assert choice.predicted_ms == pytest.approx(1.0)
+    # With room for a model with figures, that one: FREE's quality is unknown.
+    assert policy.choose(Budget(max_latency_ms=2000), 1000, fast).model == TINY
+    # An accuracy floor excludes it whatever its speed.
+    floor = policy.choose(Budget(max_latency_ms=10, min_ndcg=60), 1000, fast)
+    assert (floor.model, floor.budget_met) == (TINY, False)
+
+
+def test_only_unpredicted_models_the_most_accurate_goes_unjudged():
+    alone = AppConfig.model_validate({"models": [{"name": FREE, "source": "/unused"}]})
+    choice = BudgetPolicy(alone.catalog(), alone.enabled_models).choose(
+        Budget(max_latency_ms=5), 100, {}
+    )
+    assert (choice.model, choice.predicted_ms, choice.budget_met) == (FREE, None, None)
+
+
+def test_figures_in_config_make_it_a_budget_candidate_like_a_catalog_model():
+    policy = with_free_model(
+        {"ndcg10_trec_dl19": 80.0, "mrr10_msmarco_dev": 40.0, "v100_docs_per_s": 900}
+    )
+    assert policy.by_quality[0] == FREE
+    assert policy.eligible(Budget(min_ndcg=79)) == [FREE]
+    assert policy.predictor.prior_rate[FREE] == pytest.approx(1 / (900 * 128))

@@ -348,3 +348,42 @@ def test_sliced_parallel_encoding_equals_one_serial_encode(plain, count, monkeyp
     assert sliced.head.tolist() == whole.head.tolist()
     assert sliced.doc_lengths.tolist() == whole.doc_lengths.tolist()
     assert sliced.doc_ids.tolist() == whole.doc_ids.tolist()
+
+
+def test_a_model_without_figures_has_no_prediction_until_measured(checkpoint_root):
+    """Named, it is served with `predicted_ms`/`budget_met` null (not a made-up number);
+    `auto` and the cascade around it likewise, and a floor never picks it."""
+    free = "someone/tiny-reranker"
+    config = AppConfig.model_validate(
+        {
+            "models": [
+                {"name": TINY, "source": checkpoint_path(checkpoint_root, TINY)},
+                {"name": free, "source": checkpoint_path(checkpoint_root, TINY)},
+            ],
+        }
+    )
+    calls: list[str] = []
+
+    async def score(model: str, pairs: EncodedPairs) -> np.ndarray:
+        calls.append(model)
+        return pairs.doc_lengths.astype(np.float32)
+
+    router = Router(
+        config,
+        config.catalog(),
+        PairEncoders.load(config.models, 2),
+        score,
+        LoadBoard(config.enabled_models),
+        clock=lambda: 0.0,
+    )
+    named = run(router, model="tiny-reranker", max_latency_ms=50)
+    assert named.model == free and calls == [free]
+    assert (named.routing.predicted_ms, named.routing.budget_met) == (None, None)
+    # `auto` under a budget: the catalog model has a prior, the free one nothing yet.
+    auto = run(router, max_latency_ms=1e-9)
+    assert auto.model == TINY and auto.routing.budget_met is False
+    cascade = run(router, cascade={"first": TINY, "second": free, "keep": 2})
+    assert cascade.routing.predicted_ms is None and cascade.routing.stages == [TINY, free]
+    assert run(router, min_ndcg=60).model == TINY
+    with pytest.raises(BudgetUnsatisfiable):
+        run(router, min_ndcg=70)

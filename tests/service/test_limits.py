@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import LimitsConfig, PricingConfig
+from serve_app.config import AppConfig, LimitsConfig, PricingConfig
 from serve_app.errors import InvalidRequest
 from serve_app.service.limits import check_limits
 from serve_app.types import RerankRequest
@@ -48,4 +48,9 @@ def test_prices_per_model_accept_aliases_and_default():
     pricing = PricingConfig(usd_per_1k_documents={"cross-encoder/ms-marco-MiniLM-L-6-v2": 0.02})
     assert pricing.price(L6) == 0.02 and pricing.price(TINY) == 0.008
     with pytest.raises(ValidationError):
-        PricingConfig(usd_per_1k_documents={"nope": 1})
+        PricingConfig(usd_per_1k_documents={"no such name!": 1})
+    # A name outside the catalog must be a served model's (checked with the models).
+    with pytest.raises(ValidationError, match="neither in the catalog nor enabled"):
+        AppConfig.model_validate(
+            {"models": [{"name": L6}], "pricing": {"usd_per_1k_documents": {"nope": 1}}}
+        )
