@@ -51,15 +51,10 @@ class LengthScores:
 def serve(port: int, limits: dict, root: str) -> None:
     import uvicorn
 
-    from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
-    from serve_app.api.edge import EdgePolicy
-    from serve_app.catalog import load_catalog
-    from serve_app.config import AppConfig, UsageConfig
-    from serve_app.model.tokenization import PairEncoders
-    from serve_app.routing.loads import LoadBoard
-    from serve_app.routing.router import Router
-    from serve_app.service.auth import Authenticator, hash_key
-    from serve_app.service.rerank import RerankService
+    from serve_app.api.app import create_app
+    from serve_app.api.assembly import assemble
+    from serve_app.config import AppConfig
+    from serve_app.service.auth import hash_key
     from serve_app.service.usage import LocalLedger
 
     config = AppConfig.model_validate(
@@ -67,28 +62,11 @@ def serve(port: int, limits: dict, root: str) -> None:
             "models": [{"name": TINY, "source": root}],
             "auth": {"keys": [{"id": k, "sha256": hash_key(v)} for k, v in KEYS.items()]},
             "limits": limits,
+            "usage": {"sqlite_path": str(Path(root).parent / "usage.db")},
         }
     )
-    models = LengthScores()
-    encoders = PairEncoders.load(config.models, config.ingress.tokenizer_threads)
-    router = Router(config, load_catalog(), encoders, models.score, LoadBoard([TINY]))
-    service = RerankService(
-        config,
-        load_catalog(),
-        router,
-        models,
-        LocalLedger(UsageConfig(sqlite_path=str(Path(root).parent / "usage.db"))),
-    )
-    edge = EdgePolicy(
-        authenticator=Authenticator(config.auth, environ={}),
-        max_body_bytes=config.limits.max_body_bytes,
-        public_paths=PUBLIC_PATHS,
-        known_paths=ROUTES | PUBLIC_PATHS,
-        max_in_flight=config.ingress.admission_limit,
-        body_timeout_s=config.limits.body_timeout_s,
-        max_in_flight_per_key=config.ingress.per_key_limit,
-    )
-    app = create_app(service, edge)
+    parts = assemble(config, LengthScores(), LocalLedger(config.usage), environ={})
+    app = create_app(parts.service, parts.edge)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
 
 

@@ -27,16 +27,11 @@ from load_tests.soak import QUERY  # noqa: E402
 
 
 def build(root: Path, model: str):
-    from serve_app.api.app import PUBLIC_PATHS, ROUTES, SCORING_PATHS, create_app
-    from serve_app.api.edge import EdgePolicy
+    from serve_app.api.app import create_app
+    from serve_app.api.assembly import assemble
     from serve_app.catalog import load_catalog
-    from serve_app.config import AppConfig, UsageConfig
+    from serve_app.config import AppConfig
     from serve_app.model.checkpoints import write_random_checkpoint
-    from serve_app.model.tokenization import PairEncoders
-    from serve_app.routing.loads import LoadBoard
-    from serve_app.routing.router import Router
-    from serve_app.service.auth import Authenticator
-    from serve_app.service.rerank import RerankService
     from serve_app.service.usage import LocalLedger
 
     card = load_catalog().resolve(model)
@@ -52,33 +47,17 @@ def build(root: Path, model: str):
                     "max_queued_requests": 8,
                 }
             ],
+            "ingress": {"max_in_flight": 32},
+            "usage": {"sqlite_path": str(root / "usage.db")},
         }
     )
-    board = LoadBoard(config.enabled_models)
 
-    async def never_called(model, pairs):
-        raise AssertionError("a refused request reached the model")
+    class NeverCalled:
+        async def score(self, model, pairs):
+            raise AssertionError("a refused request reached the model")
 
-    encoders = PairEncoders.load(config.models, threads=1)
-    router = Router(config, load_catalog(), encoders, never_called, board)
-    service = RerankService(
-        config,
-        load_catalog(),
-        router,
-        None,
-        LocalLedger(UsageConfig(sqlite_path=str(root / "usage.db"))),
-    )
-    edge = EdgePolicy(
-        authenticator=Authenticator(config.auth, environ={}),
-        max_body_bytes=config.limits.max_body_bytes,
-        public_paths=PUBLIC_PATHS,
-        known_paths=ROUTES | PUBLIC_PATHS,
-        max_in_flight=32,
-        retry_after=lambda: router.admission.soonest_retry_after_s(config.enabled_models),
-        scoring_paths=SCORING_PATHS,
-        reserve_scoring=lambda: router.admission.reserve(config.enabled_models),
-    )
-    return create_app(service, edge), board, card.name
+    parts = assemble(config, NeverCalled(), LocalLedger(config.usage), environ={})
+    return create_app(parts.service, parts.edge), parts.board, card.name
 
 
 async def refuse(app, body: bytes, n: int) -> tuple[float, float, list[int]]:

@@ -17,21 +17,17 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.api.app import PUBLIC_PATHS, ROUTES, SCORING_PATHS, create_app
-from serve_app.api.edge import EdgePolicy
+from serve_app.api.app import create_app
+from serve_app.api.assembly import assemble
 from serve_app.config import AppConfig, ModelDeploymentConfig
 from serve_app.model.engine import check_checkpoint, on_this_machine
-from serve_app.model.tokenization import PairEncoders
 from serve_app.routing.admission import serve_queue_bound
-from serve_app.routing.loads import LoadBoard
-from serve_app.routing.router import Router
 from serve_app.runtime.ingress import RerankIngress
 from serve_app.runtime.ledger import LedgerClient, UsageLedger
 from serve_app.runtime.metrics import RayMetrics
 from serve_app.runtime.model_client import ModelClient
 from serve_app.runtime.model_deployment import RerankModel
 from serve_app.runtime.serve_state import StatsPoller
-from serve_app.service.auth import Authenticator
 from serve_app.service.rerank import RerankService
 
 
@@ -82,7 +78,6 @@ class Frontend:
 def build_frontend(
     config: AppConfig, model_handles: Mapping[str, DeploymentHandle], ledger: DeploymentHandle
 ) -> Frontend:
-    catalog = config.catalog()
     metrics = RayMetrics()
     models = ModelClient(
         model_handles,
@@ -90,14 +85,10 @@ def build_frontend(
         config.ingress.model_calls,
         metrics,
     )
-    board = LoadBoard(config.enabled_models)
-    encoders = PairEncoders.load(
-        config.models, config.ingress.tokenizer_threads, config.chunking, metrics
-    )
-    router = Router(config, catalog, encoders, models.score, board, metrics)
-    service = RerankService(config, catalog, router, models, LedgerClient(ledger), metrics)
+    parts = assemble(config, models, LedgerClient(ledger), metrics, proxy_sets_request_id=True)
+    service = parts.service
     poller = StatsPoller(
-        board,
+        parts.board,
         fetch=models.stats,
         replica_counts=lambda: {
             m: s.get("RUNNING", 0) for m, s in models.replica_states_now().items()
@@ -106,28 +97,9 @@ def build_frontend(
         no_replica=models.caller.mark_unavailable,
         replica_running=models.caller.mark_available,
     )
-    backpressure = config.ingress.backpressure
-    edge = EdgePolicy(
-        authenticator=Authenticator(config.auth),
-        max_body_bytes=config.limits.max_body_bytes,
-        public_paths=PUBLIC_PATHS,
-        known_paths=ROUTES | PUBLIC_PATHS,
-        proxy_sets_request_id=True,
-        observer=metrics,
-        max_in_flight=config.ingress.admission_limit,
-        overload_throttles=backpressure.status_code == 429,
-        retry_after_s=backpressure.retry_after_s,
-        body_timeout_s=config.limits.body_timeout_s,
-        max_in_flight_per_key=config.ingress.per_key_limit,
-        retry_after=lambda: router.admission.soonest_retry_after_s(config.enabled_models),
-        scoring_paths=SCORING_PATHS,
-        # Before the body: a place at the models (one model: on it, exactly; several: in
-        # their pool, so refused here only when every free place is taken).
-        reserve_scoring=lambda: router.admission.reserve(config.enabled_models),
-    )
 
     async def background() -> None:  # the stats poller and the readiness refresh
         await asyncio.gather(poller.run(), service.readiness.run())
 
-    app = create_app(service, edge, background=background)
+    app = create_app(service, parts.edge, background=background)
     return Frontend(app, service, models, poller)

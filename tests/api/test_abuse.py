@@ -14,16 +14,11 @@ import pytest
 import uvicorn
 from pydantic import ValidationError
 
-from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
-from serve_app.api.edge import EdgePolicy
+from serve_app.api.app import create_app
+from serve_app.api.assembly import assemble
 from serve_app.api.schemas import RerankRequest, TEIRerankRequest
-from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig, UsageConfig
-from serve_app.model.tokenization import PairEncoders
-from serve_app.routing.loads import LoadBoard
-from serve_app.routing.router import Router
-from serve_app.service.auth import Authenticator, hash_key
-from serve_app.service.rerank import RerankService
+from serve_app.config import AppConfig
+from serve_app.service.auth import hash_key
 from serve_app.service.usage import LocalLedger
 from tests.api.test_app import FakeModels, Recorder
 from tests.conftest import checkpoint_path, free_port, usage_db_path
@@ -53,7 +48,7 @@ class CountingModels(FakeModels):
         return await super().score(model, pairs)
 
 
-def build(root, limits: dict[str, Any] | None = None, **edge: Any):
+def build(root, limits: dict[str, Any] | None = None, ingress: dict[str, Any] | None = None):
     config = AppConfig.model_validate(
         {
             "models": [{"name": m, "source": checkpoint_path(root, m)} for m in (TINY, L12)],
@@ -69,28 +64,13 @@ def build(root, limits: dict[str, Any] | None = None, **edge: Any):
                 ]
             },
             "limits": limits or {},
+            "ingress": ingress or {},
+            "usage": {"sqlite_path": usage_db_path(root)},
         }
     )
-    catalog, models = load_catalog(), CountingModels(config.enabled_models)
-    encoders = PairEncoders.load(config.models, threads=2)
-    router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
-    service = RerankService(
-        config,
-        catalog,
-        router,
-        models,
-        LocalLedger(UsageConfig(sqlite_path=usage_db_path(root))),
-        Recorder(),
-    )
-    policy = EdgePolicy(
-        authenticator=Authenticator(config.auth, environ={}),
-        max_body_bytes=config.limits.max_body_bytes,
-        public_paths=PUBLIC_PATHS,
-        known_paths=ROUTES | PUBLIC_PATHS,
-        body_timeout_s=config.limits.body_timeout_s,
-        **edge,
-    )
-    return create_app(service, policy), service, models
+    models = CountingModels(config.enabled_models)
+    parts = assemble(config, models, LocalLedger(config.usage), Recorder(), environ={})
+    return create_app(parts.service, parts.edge), parts.service, models
 
 
 def client(app) -> httpx.AsyncClient:
@@ -126,7 +106,9 @@ async def test_slow_senders_cannot_take_every_slot_and_are_closed_by_their_deadl
     its key's in-flight cap) at once, or 408 at its body deadline; 413 and 408 close the
     connection."""
     app, _, _ = build(
-        checkpoint_root, {"body_timeout_s": 4.0}, max_in_flight=64, max_in_flight_per_key=16
+        checkpoint_root,
+        {"body_timeout_s": 4.0},
+        {"max_in_flight": 64, "max_in_flight_per_key": 16},
     )
     port = free_port()
     server = uvicorn.Server(

@@ -13,16 +13,13 @@ import pytest
 
 from serve_app import errors
 from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
+from serve_app.api.assembly import assemble
 from serve_app.api.edge import EdgePolicy
 from serve_app.api.errors import ERROR_TABLE
-from serve_app.catalog import load_catalog
 from serve_app.config import AppConfig, UsageConfig
-from serve_app.model.tokenization import EncodedPairs, PairEncoders
+from serve_app.model.tokenization import EncodedPairs
 from serve_app.observer import AccessRecord
-from serve_app.routing.loads import LoadBoard
-from serve_app.routing.router import Router
 from serve_app.service.auth import Authenticator, hash_key
-from serve_app.service.rerank import RerankService
 from serve_app.service.usage import LocalLedger, UsageRecord
 from tests.conftest import checkpoint_path
 
@@ -98,19 +95,10 @@ def build_parts(
             "chunking": chunking or {},
         }
     )
-    catalog, models, observer = load_catalog(), FakeModels(config.enabled_models), Recorder()
-    encoders = PairEncoders.load(config.models, threads=2, chunking=config.chunking)
-    router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
+    models, observer = FakeModels(config.enabled_models), Recorder()
     ledger = ledger if ledger is not None else LocalLedger(config.usage)
-    service = RerankService(config, catalog, router, models, ledger, observer)
-    edge = EdgePolicy(
-        authenticator=Authenticator(config.auth, environ={}),
-        max_body_bytes=config.limits.max_body_bytes,
-        public_paths=PUBLIC_PATHS,
-        known_paths=ROUTES | PUBLIC_PATHS,
-        observer=observer,
-    )
-    return create_app(service, edge), models, observer
+    parts = assemble(config, models, ledger, observer, environ={})
+    return create_app(parts.service, parts.edge), models, observer
 
 
 def client(app) -> httpx.AsyncClient:

@@ -14,17 +14,13 @@ import numpy as np
 import pytest
 
 from serve_app import errors
-from serve_app.api.app import PUBLIC_PATHS, ROUTES, SCORING_PATHS, create_app
-from serve_app.api.edge import EdgePolicy
-from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig, UsageConfig
+from serve_app.api.app import create_app
+from serve_app.api.assembly import assemble
+from serve_app.config import AppConfig
 from serve_app.model.stats import ModelStatsSnapshot
-from serve_app.model.tokenization import EncodedPairs, PairEncoders
+from serve_app.model.tokenization import EncodedPairs
 from serve_app.observer import AccessRecord, NullObserver
-from serve_app.routing.loads import LoadBoard
-from serve_app.routing.router import Router
-from serve_app.service.auth import Authenticator, hash_key
-from serve_app.service.rerank import RerankService
+from serve_app.service.auth import hash_key
 from serve_app.service.usage import LocalLedger
 from tests.conftest import checkpoint_path, usage_db_path
 
@@ -37,20 +33,16 @@ SLOW = {"Authorization": "Bearer slow-key"}
 BODY = {"query": "q", "documents": ["a", "bb bb", "ccc ccc ccc"], "max_tokens_per_doc": 2}
 
 
-class TokenizationCounter(NullObserver):
-    """The encoders report each time they tokenize (pairs reused between models with one
-    vocabulary are not tokenized again, and not reported)."""
+class Observations(NullObserver):
+    """Each tokenization the encoders report (pairs reused between models with one
+    vocabulary are not tokenized again, and not reported) and each access record."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.records: list[AccessRecord] = []
 
     def tokenized(self, model: str, seconds: float) -> None:
         self.calls += 1
-
-
-class Recorder(NullObserver):
-    def __init__(self, records: list[AccessRecord]):
-        self.records = records
 
     def request_done(self, record: AccessRecord) -> None:
         self.records.append(record)
@@ -112,35 +104,17 @@ class Parts:
                         },
                     ]
                 },
+                "ingress": {"max_in_flight": max_in_flight},
+                "usage": {"sqlite_path": usage_db_path(root)},
             }
         )
         config = self.config
         self.models = Models(config.enabled_models)
-        self.tokenizations = TokenizationCounter()
-        encoders = PairEncoders.load(config.models, threads=1, observer=self.tokenizations)
-        self.board = LoadBoard(config.enabled_models)
-        router = Router(config, load_catalog(), encoders, self.models.score, self.board)
-        self.router = router
-        self.service = RerankService(
-            config,
-            load_catalog(),
-            router,
-            self.models,
-            LocalLedger(UsageConfig(sqlite_path=usage_db_path(root))),
-        )
-        self.access: list[AccessRecord] = []
-        edge = EdgePolicy(
-            authenticator=Authenticator(config.auth, environ={}),
-            max_body_bytes=config.limits.max_body_bytes,
-            public_paths=PUBLIC_PATHS,
-            known_paths=ROUTES | PUBLIC_PATHS,
-            observer=Recorder(self.access),
-            max_in_flight=max_in_flight,
-            retry_after=lambda: router.admission.soonest_retry_after_s(config.enabled_models),
-            scoring_paths=SCORING_PATHS,
-            reserve_scoring=lambda: router.admission.reserve(config.enabled_models),
-        )
-        self.app = create_app(self.service, edge)
+        self.tokenizations = observed = Observations()
+        self.access = observed.records
+        parts = assemble(config, self.models, LocalLedger(config.usage), observed, environ={})
+        self.board, self.router, self.service = parts.board, parts.router, parts.service
+        self.app = create_app(self.service, parts.edge)
 
     def fill(self, stack: ExitStack, model: str, calls: int, tokens: int = 1000) -> None:
         for _ in range(calls):

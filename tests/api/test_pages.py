@@ -20,15 +20,10 @@ import httpx
 import pytest
 
 from serve_app import errors
-from serve_app.api.app import PAGES, PUBLIC_PATHS, ROUTES, create_app
-from serve_app.api.edge import EdgePolicy
-from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig, UsageConfig
-from serve_app.model.tokenization import PairEncoders
-from serve_app.routing.loads import LoadBoard
-from serve_app.routing.router import Router
-from serve_app.service.auth import Authenticator, hash_key
-from serve_app.service.rerank import RerankService
+from serve_app.api.app import PAGES, create_app
+from serve_app.api.assembly import assemble
+from serve_app.config import AppConfig
+from serve_app.service.auth import hash_key
 from serve_app.service.usage import LocalLedger
 from tests.api.test_app import FakeModels
 from tests.conftest import checkpoint_path, usage_db_path, uvicorn_on_loopback
@@ -70,25 +65,12 @@ def serve(checkpoint_root: Path, keyed: bool) -> Iterator[Served]:
             else {"enabled": False},
             "limits": {"max_documents_per_request": MAX_DOCUMENTS},
             "chunking": {"long_documents": "chunk"},  # as the shipped configs
+            "usage": {"sqlite_path": usage_db_path(checkpoint_root)},
         }
     )
-    catalog, models = load_catalog(), FakeModels(config.enabled_models)
-    encoders = PairEncoders.load(config.models, threads=1, chunking=config.chunking)
-    router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
-    service = RerankService(
-        config,
-        catalog,
-        router,
-        models,
-        LocalLedger(UsageConfig(sqlite_path=usage_db_path(checkpoint_root))),
-    )
-    edge = EdgePolicy(
-        authenticator=Authenticator(config.auth, environ={}),
-        max_body_bytes=config.limits.max_body_bytes,
-        public_paths=PUBLIC_PATHS,
-        known_paths=ROUTES | PUBLIC_PATHS,
-    )
-    with uvicorn_on_loopback(create_app(service, edge)) as url:
+    models = FakeModels(config.enabled_models)
+    parts = assemble(config, models, LocalLedger(config.usage), environ={})
+    with uvicorn_on_loopback(create_app(parts.service, parts.edge)) as url:
         yield Served(url, models, keyed)
 
 

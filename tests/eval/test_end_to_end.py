@@ -17,16 +17,12 @@ import ir_measures
 import numpy as np
 import pytest
 
-from serve_app.api.app import PUBLIC_PATHS, ROUTES, create_app
-from serve_app.api.edge import EdgePolicy
-from serve_app.catalog import load_catalog
-from serve_app.config import AppConfig, UsageConfig
+from serve_app.api.app import create_app
+from serve_app.api.assembly import assemble
+from serve_app.config import AppConfig
 from serve_app.eval.cli import main
-from serve_app.model.tokenization import EncodedPairs, PairEncoders
-from serve_app.routing.loads import LoadBoard
-from serve_app.routing.router import Router
-from serve_app.service.auth import Authenticator, hash_key
-from serve_app.service.rerank import RerankService
+from serve_app.model.tokenization import EncodedPairs
+from serve_app.service.auth import hash_key
 from serve_app.service.usage import LocalLedger
 from tests.conftest import checkpoint_path, usage_db_path, uvicorn_on_loopback
 
@@ -61,25 +57,12 @@ def base_url(checkpoint_root) -> Iterator[str]:
                 {"name": m, "source": checkpoint_path(checkpoint_root, m)} for m in (TINY, L12)
             ],
             "auth": {"keys": [{"id": "eval", "sha256": hash_key(KEY)}]},
+            "usage": {"sqlite_path": usage_db_path(checkpoint_root)},
         }
     )
-    catalog, models = load_catalog(), TokenCountModels(config.enabled_models)
-    encoders = PairEncoders.load(config.models, threads=1)
-    router = Router(config, catalog, encoders, models.score, LoadBoard(config.enabled_models))
-    service = RerankService(
-        config,
-        catalog,
-        router,
-        models,
-        LocalLedger(UsageConfig(sqlite_path=usage_db_path(checkpoint_root))),
-    )
-    edge = EdgePolicy(
-        authenticator=Authenticator(config.auth, environ={}),
-        max_body_bytes=config.limits.max_body_bytes,
-        public_paths=PUBLIC_PATHS,
-        known_paths=ROUTES | PUBLIC_PATHS,
-    )
-    with uvicorn_on_loopback(create_app(service, edge)) as url:
+    models = TokenCountModels(config.enabled_models)
+    parts = assemble(config, models, LocalLedger(config.usage), environ={})
+    with uvicorn_on_loopback(create_app(parts.service, parts.edge)) as url:
         yield url
 
 
