@@ -1,8 +1,8 @@
 """All the wiring. `build_app` turns the app config into the Serve application: one
 `RerankModel` deployment per enabled model, the usage ledger, and the ingress holding a
 handle to each. `build_frontend` assembles what one ingress replica runs: the model and
-ledger clients, the router, the service, the edge policy, the stats poller and the
-FastAPI app over them.
+ledger clients, the parts `api/assembly.py` wires over them (router, service, edge
+policy), the stats poller and the FastAPI app.
 
     import_path: serve_app.runtime.builder:build_app   (with the app config as `args`)
 """
