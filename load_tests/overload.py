@@ -252,13 +252,23 @@ def main() -> None:
         help="Serve's Python proxy, or direct ingress (HAProxy hands connections to the "
         "ingress replica's own HTTP server; Ray 2.60's RAY_SERVE_ENABLE_DIRECT_INGRESS)",
     )
+    parser.add_argument(
+        "--serve-defaults",
+        action="store_true",
+        help="start Ray with Serve's defaults instead of the service's environment "
+        "(serve_app/runtime/ray_env.py)",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
+
+    from serve_app.runtime.ray_env import DIRECT_INGRESS_ENV, SERVICE_ENV, with_service_env
 
     # Ray starts its workers (every Serve replica and the proxy) at this niceness; its
     # default, 15, puts the service behind any client on the host.
     os.environ["RAY_worker_niceness"] = str(args.worker_niceness)
-    if args.front == "direct":
+    if not args.serve_defaults:
+        with_service_env(direct_ingress=args.front == "direct")
+    elif args.front == "direct":
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     import ray
@@ -287,6 +297,7 @@ def main() -> None:
         "app": app_args,
         "duration_s": args.duration_s,
         "front": args.front,
+        "ray_env": {k: os.environ.get(k) for k in SERVICE_ENV | DIRECT_INGRESS_ENV},
         "runs": [],
     }
     try:

@@ -20,6 +20,7 @@ import yaml
 from ray import serve
 
 from serve_app.runtime.builder import build_app
+from serve_app.runtime.ray_env import with_service_env
 
 DEMO = Path(__file__).resolve().parent.parent / "deployments" / "demo.yaml"
 
@@ -76,6 +77,7 @@ def main() -> None:
             for m in app_args["models"]:
                 m[override] = getattr(args, override)
 
+    with_service_env()  # before Ray starts: its workers read it
     ray.init(
         address="local",
         num_cpus=args.num_cpus,

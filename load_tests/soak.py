@@ -249,6 +249,9 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="logical CPUs for the local Ray")
     args = parser.parse_args()
 
+    from serve_app.runtime.ray_env import with_service_env
+
+    with_service_env()  # before Ray starts: its workers read it
     import ray
     from ray import serve
 

@@ -90,7 +90,9 @@ def start_serve_app(
     from ray import serve
 
     from serve_app.runtime.builder import build_app
+    from serve_app.runtime.ray_env import with_service_env
 
+    with_service_env()  # what the cluster configs start Ray with
     ray.init(
         address="local",
         num_cpus=num_cpus,

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serve_app.runtime.ray_env import with_service_env
 from tests.conftest import free_port, wait_until
 
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
@@ -130,6 +131,7 @@ class LocalCluster:
             *args,
         ]
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        with_service_env(env)  # what cluster.yaml's nodes start with
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -60,3 +60,36 @@ def test_demo_config_uses_random_checkpoints_and_no_gpu():
     raw = yaml.safe_load((Path(__file__).parent.parent / "deployments/demo.yaml").read_text())
     config = AppConfig.model_validate(raw["applications"][0]["args"])
     assert all(m.random_init and m.num_gpus == 0 for m in config.models)
+
+
+def test_every_cluster_node_starts_ray_with_the_service_environment():
+    from serve_app.runtime.ray_env import SERVICE_ENV
+
+    root = Path(__file__).resolve().parent.parent
+    launcher = yaml.safe_load((root / "cluster.yaml").read_text())
+    for commands in (launcher["head_start_ray_commands"], launcher["worker_start_ray_commands"]):
+        (start,) = [c for c in commands if "ray start" in c]
+        exported = {
+            word
+            for line in start.split(";")
+            if line.strip().startswith("export ")
+            for word in line.split()[1:]
+        }
+        assert {f"{name}={value}" for name, value in SERVICE_ENV.items()} <= exported
+    kuberay = next(yaml.safe_load_all((root / "deployments/kuberay-rayservice.yaml").read_text()))
+    cluster = kuberay["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        (container,) = pod["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert SERVICE_ENV.items() <= env.items()
+
+
+def test_the_service_environment_leaves_what_the_caller_set():
+    from serve_app.runtime.ray_env import DIRECT_INGRESS_ENV, SERVICE_ENV, with_service_env
+
+    environ = {"RAY_worker_niceness": "5"}
+    with_service_env(environ)
+    assert environ == SERVICE_ENV | {"RAY_worker_niceness": "5"}
+    with_service_env(environ, direct_ingress=True)
+    assert DIRECT_INGRESS_ENV.items() <= environ.items()
