@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 from load_tests.soak import (  # noqa: E402
     DOCS,
     QUERY,
+    QUEUE_WAIT_S,
+    queue_wait_bound,
     serve_memory_mb,
     serve_on_loopback,
     soak_app_args,
@@ -239,7 +241,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop connections")
     parser.add_argument("--max-ongoing", type=int, default=4, help="model max_ongoing_requests")
     parser.add_argument("--max-queued", type=int, default=8, help="model max_queued_requests")
-    parser.add_argument("--max-queue-wait-s", type=float, default=None)
+    parser.add_argument(
+        "--max-queue-wait-s",
+        type=queue_wait_bound,
+        default=QUEUE_WAIT_S,
+        help="model max_queue_wait_s ('off': bounded by count only)",
+    )
     parser.add_argument("--ingress-max-ongoing", type=int, default=256)
     parser.add_argument("--ingress-max-queued", type=int, default=-1)
     parser.add_argument("--ingress-max-in-flight", type=int, default=32)
@@ -287,9 +294,9 @@ def main() -> None:
         ingress_max_ongoing=args.ingress_max_ongoing,
         ingress_max_queued=args.ingress_max_queued,
         ingress_max_in_flight=args.ingress_max_in_flight,
+        max_queue_wait_s=args.max_queue_wait_s,
     )
     app_args = soak_app_args(soak_args, card.name, checkpoint)
-    app_args["models"][0]["max_queue_wait_s"] = args.max_queue_wait_s
     ray.init(address="local", num_cpus=args.cpus, num_gpus=1, log_to_driver=False)
     report: dict = {
         "model": card.name,

@@ -198,6 +198,16 @@ def serve_on_loopback(app_args: dict, ready_within_s: float = 300) -> str:
     return url
 
 
+# The service under test refuses a request once the model's queued work would keep it
+# waiting longer than this: what bounds admitted latency under overload
+# (docs/RELIABILITY.md, Overload, where 0.05, 0.1 and 0.2 s were compared).
+QUEUE_WAIT_S = 0.05
+
+
+def queue_wait_bound(text: str) -> float | None:
+    return None if text == "off" else float(text)
+
+
 def soak_app_args(args: argparse.Namespace, model: str, checkpoint: Path) -> dict:
     """The app under test: one model and the ingress with the given queue limits. Auth is
     off: the load goes to loopback only, and keys would only add their hashing."""
@@ -213,6 +223,7 @@ def soak_app_args(args: argparse.Namespace, model: str, checkpoint: Path) -> dic
                 "cpu_threads": 1,
                 "max_ongoing_requests": args.max_ongoing,
                 "max_queued_requests": args.max_queued,
+                "max_queue_wait_s": getattr(args, "max_queue_wait_s", None),
                 "backpressure": {"status_code": 503, "retry_after_s": 1},
                 "batching": {"max_batch_size": args.max_ongoing},
             }
@@ -243,6 +254,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients (capacity)")
     parser.add_argument("--max-ongoing", type=int, default=4, help="model max_ongoing_requests")
     parser.add_argument("--max-queued", type=int, default=8, help="model max_queued_requests")
+    parser.add_argument(
+        "--max-queue-wait-s",
+        type=queue_wait_bound,
+        default=QUEUE_WAIT_S,
+        help="model max_queue_wait_s ('off': bounded by count only)",
+    )
     parser.add_argument("--ingress-max-ongoing", type=int, default=256)
     parser.add_argument("--ingress-max-queued", type=int, default=-1)
     parser.add_argument("--ingress-max-in-flight", type=int, default=32)
