@@ -3,7 +3,9 @@ fractional logical GPUs, one Serve instance for the module."""
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -42,6 +44,31 @@ def assert_error(response: httpx.Response, status: int, type_: str, param: str |
     assert error["type"] == type_ and error["message"]
     if param is not None:
         assert error["param"] == param
+
+
+def serve_replica_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(
+                b"ray::ServeReplica:rerank:"
+            ):
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            pass
+    return pids
+
+
+def test_the_replicas_run_in_the_service_ray_environment(url):
+    from serve_app.runtime.ray_env import SERVICE_ENV
+
+    pids = serve_replica_pids()
+    assert len(pids) >= len(ALL_MODELS) + 1  # the models and the ingress at least
+    for pid in pids:
+        pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        environ = dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+        assert SERVICE_ENV.items() <= environ.items()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 0  # not Ray's default 15
 
 
 @pytest.mark.parametrize("model", ALL_MODELS)
