@@ -353,3 +353,32 @@ def test_budget_routing_within_budget_share_counts_failed_requests_as_missed():
     cells = [c.strip() for c in summarise("auto", results, budget_ms=1000).split("|")]
     assert cells[2:4] == ["2", "1"]  # requests, errors
     assert cells[6] == "50%"  # a request that failed was not served within the budget
+
+
+def test_process_cpu_counts_this_process_and_overload_table_ranges():
+    from load_tests import overload_table, process_cpu
+
+    ticks = process_cpu.cpu_ticks()
+    assert os.getpid() in ticks and ticks[os.getpid()][0] >= 0
+    assert overload_table.span([3.5, 1.25, None]) == "1.25–3.5"
+    assert overload_table.span([2, 2]) == "2" and overload_table.span([None]) == "–"
+
+    def run(load: float, p99_ok: float, refused: int) -> dict:
+        latency = {"200": {"p50": 1.0, "p99": p99_ok}}
+        if refused:
+            latency["503"] = {"p50": 1.0, "p99": 40.0}
+        return {"body": "small", "load_factor": load, "latency_ms": latency}
+
+    reports = [{"runs": [run(0.7, 100.0, 0), run(3, 250.0, 9)]}]
+    assert overload_table.admitted_ratio(reports, "small", 3) == [2.5]
+    assert overload_table.refusal_latency(reports[0]["runs"][1], "p99") == 40.0
+    assert overload_table.refusal_latency(reports[0]["runs"][0], "p99") is None
+    report = ROOT / "docs/bench/overload/9e058aa/direct-run1.json"
+    out = subprocess.run(
+        [sys.executable, "load_tests/overload_table.py", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "| 12 docs | 10× | 1 |" in out and "| 100 docs | 3× | 1 |" in out
