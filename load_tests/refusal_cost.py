@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from load_tests.overload import documents  # noqa: E402
 from load_tests.soak import QUERY  # noqa: E402
+from tests.conftest import rerank_scope  # noqa: E402
 
 
 def build(root: Path, model: str):
@@ -62,23 +63,9 @@ def build(root: Path, model: str):
 
 async def refuse(app, body: bytes, n: int) -> tuple[float, float, list[int]]:
     statuses: list[int] = []
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/rerank",
-        "raw_path": b"/v1/rerank",
-        "root_path": "",
-        "query_string": b"",
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 5000),
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
+    scope = rerank_scope(
+        [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    )
 
     async def receive():
         return {"type": "http.request", "body": body, "more_body": False}

@@ -68,6 +68,25 @@ def app_args(root: Path, models: list[str], **overrides: Any) -> dict:
     return args
 
 
+def rerank_scope(headers: list[tuple[bytes, bytes]]) -> dict:
+    """An ASGI HTTP scope for `POST /v1/rerank` on loopback, for driving the app in process
+    with hand-made `receive`/`send`."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/rerank",
+        "raw_path": b"/v1/rerank",
+        "root_path": "",
+        "query_string": b"",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 5000),
+        "headers": headers,
+    }
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

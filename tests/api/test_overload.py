@@ -22,7 +22,7 @@ from serve_app.model.tokenization import EncodedPairs
 from serve_app.observer import AccessRecord, NullObserver
 from serve_app.service.auth import hash_key
 from serve_app.service.usage import LocalLedger
-from tests.conftest import checkpoint_path, usage_db_path
+from tests.conftest import checkpoint_path, rerank_scope, usage_db_path
 
 TINY = "cross-encoder/ms-marco-TinyBERT-L2-v2"
 L12 = "cross-encoder/ms-marco-MiniLM-L12-v2"
@@ -423,18 +423,9 @@ async def test_a_client_gone_mid_body_gives_its_place_back_as_a_499(checkpoint_r
     async def send(message):
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/rerank",
-        "raw_path": b"/v1/rerank",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"authorization", f"Bearer {KEY}".encode()), (b"content-length", b"200")],
-    }
+    scope = rerank_scope(
+        [(b"authorization", f"Bearer {KEY}".encode()), (b"content-length", b"200")]
+    )
     await parts.app(scope, receive, send)
     assert sent == []  # nobody to answer
     assert [(r.status, r.failure) for r in parts.access] == [(499, "client_closed")]
